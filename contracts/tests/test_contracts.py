@@ -10,6 +10,7 @@ import msgspec.inspect as mi
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from voiceagents.contracts import agents, calls, registry, tools, toolvault
 from voiceagents.contracts.codec import decode, decode_union, encode
 

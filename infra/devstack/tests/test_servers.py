@@ -6,6 +6,7 @@ import asyncpg
 import pytest
 from livekit import api
 from nats.aio.client import Client as NatsClient
+
 from voiceagents.devstack.servers import LiveKitServer
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+
 from voiceagents.contracts.tools import AuthType, ToolFunctionSpec, ToolKind
 
 AGENT_CONFIG_BUCKET = "agent-config"

@@ -1,4 +1,4 @@
-"""`python -m voiceagents.devstack`: the commands behind `make demo`, `make dev`, `make infra-up`."""
+"""`python -m voiceagents.devstack`: what runs behind `make demo`, `make dev`, `make infra-up`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import click
@@ -78,7 +78,12 @@ def infra_up() -> None:
             }
             STATE_FILE.write_text(json.dumps(state, indent=2))
             STATE_FILE.chmod(0o600)
-            signal.signal(signal.SIGTERM, lambda *_: stack.close() or os._exit(0))
+
+            def shut_down(*_: object) -> None:
+                stack.close()
+                os._exit(0)
+
+            signal.signal(signal.SIGTERM, shut_down)
             while True:
                 signal.pause()
     deadline = time.monotonic() + 60
@@ -96,10 +101,8 @@ def infra_down() -> None:
         click.echo("Nothing is running.")
         return
     pid = int(json.loads(Path(STATE_FILE).read_text())["pid"])
-    try:
+    with suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     STATE_FILE.unlink()
     click.echo("Stopped.")
 

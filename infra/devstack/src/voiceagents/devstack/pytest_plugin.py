@@ -12,6 +12,7 @@ import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+
 from voiceagents.devstack.servers import LiveKitServer, NatsServer, PostgresServer
 
 
