@@ -1,0 +1,94 @@
+"""What this gateway knows of the calls it answered: the answer given per CallSid (so a repeated
+webhook gets the same TwiML and does no work twice) and the active calls per agent (for
+`max_concurrent_calls`).
+
+The active-call count is per gateway process: with several replicas behind a load balancer each
+replica enforces the limit on the calls it answered, so the effective limit is up to
+`replicas x max_concurrent_calls`. An exact cross-replica count would need a shared counter on
+the call path (a NATS round trip on every call); we chose local state and say so in the README.
+Entries expire after the longest call, so a lost status callback cannot leak capacity forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from voiceagents.contracts.calls import CallContext
+
+
+@dataclass
+class CallRecord:
+    call_sid: str
+    answer: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    context: CallContext | None = None
+    # Set while the call counts against this agent's max_concurrent_calls.
+    counted_for: str | None = None
+    bridged: bool = False
+    ended: bool = False
+    created_at: float = field(default_factory=time.monotonic)
+
+
+class CallBook:
+    def __init__(self, retention_seconds: float) -> None:
+        self._retention = retention_seconds
+        self._calls: dict[str, CallRecord] = {}
+        self._active: dict[str, int] = {}
+
+    def get(self, call_sid: str) -> CallRecord | None:
+        return self._calls.get(call_sid)
+
+    def open(self, call_sid: str) -> CallRecord:
+        record = CallRecord(call_sid)
+        self._calls[call_sid] = record
+        return record
+
+    def record_end(self, call_sid: str) -> CallRecord:
+        """Mark the call ended (creating its record if this gateway never saw it start), and free
+        its capacity. Idempotent."""
+        record = self._calls.get(call_sid)
+        if record is None:
+            record = self.open(call_sid)
+            record.answer.set_result("")
+        record.ended = True
+        self.release(record)
+        return record
+
+    def active(self, agent_id: str) -> int:
+        return self._active.get(agent_id, 0)
+
+    @property
+    def active_total(self) -> int:
+        return sum(self._active.values())
+
+    def try_admit(self, record: CallRecord, agent_id: str, limit: int | None) -> bool:
+        """Count the call against its agent unless that would exceed `limit`."""
+        count = self._active.get(agent_id, 0)
+        if limit is not None and count >= limit:
+            return False
+        self._active[agent_id] = count + 1
+        record.counted_for = agent_id
+        return True
+
+    def release(self, record: CallRecord) -> None:
+        agent_id = record.counted_for
+        if agent_id is None:
+            return
+        record.counted_for = None
+        remaining = self._active.get(agent_id, 1) - 1
+        if remaining > 0:
+            self._active[agent_id] = remaining
+        else:
+            self._active.pop(agent_id, None)
+
+    def sweep(self) -> int:
+        """Forget calls older than the retention (the longest call plus a margin)."""
+        cutoff = time.monotonic() - self._retention
+        expired = [sid for sid, record in self._calls.items() if record.created_at < cutoff]
+        for sid in expired:
+            record = self._calls.pop(sid)
+            self.release(record)
+        return len(expired)

@@ -1,0 +1,65 @@
+"""The call's LiveKit room: created with the agent dispatch in one request, deleted at the end.
+
+One `LiveKitAPI` (one aiohttp session, kept-alive connections) serves every call. LiveKit's
+CreateRoom returns the existing room when the name is taken and then adds no dispatch, so a
+second gateway replica answering the same CallSid cannot create a second dispatch either.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from livekit import api
+
+from voiceagents.contracts.calls import CallContext, DispatchMetadata
+from voiceagents.contracts.codec import encode
+
+
+class CallRooms:
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str,
+        api_secret: str,
+        agent_name: str,
+        empty_timeout_seconds: int,
+        request_timeout_seconds: float,
+    ) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=request_timeout_seconds),
+        )
+        self.api = api.LiveKitAPI(url, api_key, api_secret, session=self._session, failover=False)
+        self._agent_name = agent_name
+        self._empty_timeout = empty_timeout_seconds
+
+    async def create(self, call: CallContext, grant: str) -> api.Room:
+        """Create `call.room` with the call context as metadata and an explicit dispatch to the
+        voice worker whose metadata carries the context and the call grant."""
+        request = api.CreateRoomRequest(
+            name=call.room,
+            empty_timeout=self._empty_timeout,
+            departure_timeout=5,
+            metadata=encode(call).decode(),
+            agents=[
+                api.RoomAgentDispatch(
+                    agent_name=self._agent_name,
+                    metadata=encode(DispatchMetadata(call=call, grant=grant)).decode(),
+                )
+            ],
+        )
+        return await self.api.room.create_room(request)
+
+    async def delete(self, room: str) -> bool:
+        """Delete the room; False if it was already gone."""
+        try:
+            await self.api.room.delete_room(api.DeleteRoomRequest(room=room))
+        except api.TwirpError as exc:
+            if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+        await self._session.close()
