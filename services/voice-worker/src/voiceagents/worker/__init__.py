@@ -1,1 +1,1 @@
-"""worker."""
+"""Voice worker: the LiveKit Agents worker where a caller meets the agent."""

@@ -1,0 +1,62 @@
+"""Admission by exact count: a worker runs at most MAX_CALLS calls, and says so to LiveKit.
+
+LiveKit's default load is CPU-based and refreshed on a timer, so two jobs arriving within one
+refresh can both be accepted (livekit/agents#4884). Here the load is the exact number of calls
+accepted or running divided by MAX_CALLS, and the job request handler checks that count and
+reserves a slot in one step of the event loop (no await in between), so no burst can
+over-assign; a refused job goes back to LiveKit for another worker (`terminate=False`).
+"""
+
+from __future__ import annotations
+
+import structlog
+from livekit.agents import AgentServer, JobRequest
+
+from voiceagents.worker.metrics import ACTIVE_CALLS, CAPACITY, REJECTED_JOBS
+
+log = structlog.get_logger("voiceagents.worker.admission")
+
+# Reported load at or above this is "full": with load = calls / MAX_CALLS, exactly MAX_CALLS.
+LOAD_THRESHOLD = 1.0
+
+
+class Admission:
+    def __init__(self, max_calls: int) -> None:
+        self.max_calls = max_calls
+        self._server: AgentServer | None = None
+        # Accepted but not yet running in a job process.
+        self._reserved = 0
+        CAPACITY.set(max_calls)
+
+    def bind(self, server: AgentServer) -> None:
+        self._server = server
+
+    def in_use(self) -> int:
+        running = len(self._server.active_jobs) if self._server is not None else 0
+        return running + self._reserved
+
+    def load(self) -> float:
+        """The load LiveKit sees: 1.0 means full."""
+        in_use = self.in_use()
+        ACTIVE_CALLS.set(in_use)
+        return min(1.0, in_use / self.max_calls)
+
+    async def on_request(self, request: JobRequest) -> None:
+        draining = self._server is not None and self._server.draining
+        if draining or self.in_use() >= self.max_calls:
+            REJECTED_JOBS.inc()
+            log.info(
+                "job refused",
+                room=request.room.name,
+                reason="draining" if draining else "full",
+                in_use=self.in_use(),
+                max_calls=self.max_calls,
+            )
+            await request.reject(terminate=False)
+            return
+        self._reserved += 1
+        try:
+            await request.accept(name="Voice agent")
+        finally:
+            self._reserved -= 1
+            ACTIVE_CALLS.set(self.in_use())

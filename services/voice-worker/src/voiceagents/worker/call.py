@@ -1,0 +1,364 @@
+"""One phone call, from dispatch to hang-up.
+
+The moment a job starts, the worker prepares everything the call needs — the agent's runtime
+config from memory, the tools' credentials from tool-vault, the tool list, the greeting audio,
+the model session — while LiveKit SIP is still bridging the caller. When the caller's SIP
+participant joins, the greeting plays at once, first and word for word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+import structlog
+from livekit import rtc
+from livekit.agents import (
+    Agent,
+    AgentSession,
+    JobContext,
+    RunContext,
+    TurnHandlingOptions,
+    llm,
+    room_io,
+)
+from livekit.agents.voice import events as voice_events
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+
+from voiceagents.contracts import bus
+from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig
+from voiceagents.contracts.calls import CallContext, DispatchMetadata
+from voiceagents.contracts.codec import decode
+from voiceagents.contracts.mirror import ConfigMirror
+from voiceagents.worker.credentials import CallCredentials, release_credentials
+from voiceagents.worker.events import CallEvents
+from voiceagents.worker.gemini import GeminiVoice, gemini_realtime_model
+from voiceagents.worker.metrics import CALL_SETUP_SECONDS, TOOL_CALLS
+from voiceagents.worker.offline_model import (
+    OfflineRealtimeModel,
+    OfflineVoice,
+    ScriptBook,
+    load_script_book,
+)
+from voiceagents.worker.settings import Settings
+from voiceagents.worker.speech import Phrase, PhraseAudio
+from voiceagents.worker.tools.base import BaseTool
+from voiceagents.worker.tools.discovery import discover
+from voiceagents.worker.tools.execution import ToolInvocation, ToolRunner
+from voiceagents.worker.tools.http import AllowAll, HttpToolExecutor
+from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
+
+log = structlog.get_logger("voiceagents.worker.call")
+
+CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
+# The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
+# detector): no local VAD or turn-detector model is loaded.
+TURN_HANDLING: TurnHandlingOptions = {"turn_detection": "realtime_llm"}
+
+
+class CallRefused(Exception):
+    """The call cannot be served (unknown or inactive agent); the message says why."""
+
+
+@dataclass
+class WorkerRuntime:
+    """What a job process holds before any call arrives (filled by prewarm)."""
+
+    settings: Settings
+    mirror: ConfigMirror
+    tool_classes: dict[str, type[BaseTool]]
+    phrases: PhraseAudio
+    scripts: ScriptBook | None = None
+
+    @classmethod
+    def create(cls, settings: Settings, mirror: ConfigMirror) -> WorkerRuntime:
+        offline = settings.model == "offline"
+        renderer = (
+            OfflineVoice() if offline else GeminiVoice(api_key=settings.google_api_key or None)
+        )
+        return cls(
+            settings=settings,
+            mirror=mirror,
+            tool_classes=discover(settings.packages),
+            phrases=PhraseAudio(renderer, settings.phrase_cache),
+            scripts=load_script_book(settings.offline_script) if offline else None,
+        )
+
+    def model(self, state: CallState) -> llm.RealtimeModel:
+        config = state.config
+        if self.scripts is not None:
+            return OfflineRealtimeModel(
+                script=self.scripts.for_agent(config.agent_id),
+                voice=config.voice,
+                first_audio_ms=self.settings.offline_first_audio_ms,
+            )
+        return gemini_realtime_model(
+            config, state.instructions, api_key=self.settings.google_api_key or None
+        )
+
+
+@dataclass
+class CallState:
+    """Per-call state (the session's userdata). The credentials live here and nowhere else."""
+
+    call: CallContext
+    config: AgentRuntimeConfig
+    events: CallEvents
+    credentials: CallCredentials
+    tools: CallTools
+    instructions: str
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    filler: Phrase | None = None
+
+    @property
+    def setup_ms(self) -> float:
+        return self.stages_ms.get("ready", 0.0)
+
+
+def instructions_for(config: AgentRuntimeConfig, call: CallContext, today: datetime) -> str:
+    """The system prompt plus what this call adds: date, caller, greeting already said."""
+    return "\n".join(
+        [
+            config.system_prompt.strip(),
+            "",
+            "Call context:",
+            f"- Today is {today:%A, %d %B %Y} (UTC).",
+            f"- The caller's phone number is {call.from_number}.",
+            f"- You are {config.name}. The caller has already been greeted with: "
+            f'"{config.greeting_text()}" Do not greet them again.',
+            "- When a tool result contains `say_to_caller`, say exactly that sentence to the "
+            "caller, then go on with the conversation.",
+        ]
+    )
+
+
+async def agent_config(
+    mirror: ConfigMirror, js: JetStreamContext | None, call: CallContext
+) -> AgentRuntimeConfig:
+    """The agent's config from memory; from KV only if memory is older than the dispatch."""
+    config = mirror.agent(call.agent_id)
+    if (config is None or config.version < call.agent_version) and js is not None:
+        try:
+            kv = await js.key_value(AGENT_CONFIG_BUCKET)
+            entry = await kv.get(call.agent_id)
+            if entry.value is not None:
+                mirror.apply_agent(decode(entry.value, AgentRuntimeConfig))
+        except (KeyNotFoundError, NatsError, TimeoutError, msgspec.ValidationError) as exc:
+            log.warning("agent config not in KV", agent_id=call.agent_id, error=type(exc).__name__)
+        config = mirror.agent(call.agent_id)
+    if config is None:
+        raise CallRefused(f"agent {call.agent_id} is unknown")
+    if not config.is_active:
+        raise CallRefused(f"agent {call.agent_id} is inactive")
+    return config
+
+
+async def prepare_call(
+    runtime: WorkerRuntime,
+    metadata: DispatchMetadata,
+    *,
+    nc: Client | None,
+    js: JetStreamContext | None,
+    started: float,
+    http: HttpToolExecutor | None = None,
+    events: CallEvents | None = None,
+) -> CallState:
+    """Config, credentials and the whole tool list: everything but the model connection."""
+    stages: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        stages[name] = (time.perf_counter() - started) * 1000
+        CALL_SETUP_SECONDS.labels(name).observe(stages[name] / 1000)
+
+    call = metadata.call
+    config = await agent_config(runtime.mirror, js, call)
+    stage("config")
+    events = events or CallEvents(js, call)
+    needs_credentials = [b.agent_tool_id for b in config.tools if b.auth_type != "none"]
+    if nc is None:
+        credentials = CallCredentials(unavailable=dict.fromkeys(needs_credentials, "unavailable"))
+    else:
+        credentials = await release_credentials(
+            nc,
+            metadata.grant,
+            needs_credentials,
+            timeout=runtime.settings.credentials_timeout_seconds,
+        )
+    stage("credentials")
+
+    state: CallState
+
+    def report(invocation: ToolInvocation) -> None:
+        TOOL_CALLS.labels(invocation.outcome).inc()
+        events.tool_invoked(invocation)
+
+    def filler(context: RunContext[Any]) -> None:
+        phrase = state.filler
+        if phrase is not None:
+            context.session.say(phrase.text, audio=phrase.frames(), add_to_chat_ctx=False)
+
+    runner = ToolRunner(
+        report=report, filler=filler, filler_after_seconds=runtime.settings.filler_after_seconds
+    )
+    tools = build_call_tools(
+        config.tools,
+        runtime.tool_classes,
+        credentials.credentials,
+        credentials.unavailable,
+        runner,
+        http,
+    )
+    stage("tools")
+    state = CallState(
+        call=call,
+        config=config,
+        events=events,
+        credentials=credentials,
+        tools=tools,
+        instructions=instructions_for(config, call, datetime.now(UTC)),
+        stages_ms=stages,
+    )
+    stage("ready")
+    return state
+
+
+async def greet(
+    session: AgentSession[Any],
+    config: AgentRuntimeConfig,
+    greeting: asyncio.Future[Phrase],
+    wait: float,
+) -> None:
+    """Say the greeting, exactly as written, now. Not interruptible unless the agent says so:
+    then the model hears nothing until it has been said."""
+    text = config.greeting_text()
+    try:
+        phrase: Phrase | None = await asyncio.wait_for(asyncio.shield(greeting), timeout=wait)
+    except Exception as exc:  # a render failure must not cost the greeting
+        log.warning(
+            "greeting audio not ready; asking the model to say it", error=type(exc).__name__
+        )
+        phrase = None
+    mute = not config.greeting_interruptible and session.input.audio is not None
+    if mute:
+        session.input.set_audio_enabled(False)
+    if phrase is not None:
+        handle = session.say(text, audio=phrase.frames())
+    else:
+        handle = session.generate_reply(instructions=f"Say exactly: {text}")
+    if mute:
+        handle.add_done_callback(lambda _: session.input.set_audio_enabled(True))
+
+
+def new_session(model: llm.RealtimeModel, state: CallState) -> AgentSession[CallState]:
+    """The call's agent session; every transcript line also goes out as a call event."""
+    session: AgentSession[CallState] = AgentSession(
+        llm=model, vad=None, userdata=state, turn_handling=TURN_HANDLING
+    )
+    follow_transcript(session, state.events)
+    return session
+
+
+def new_agent(state: CallState) -> Agent:
+    """The agent with the call's instructions and its whole tool list, fixed for the call."""
+    return Agent(instructions=state.instructions, tools=[*state.tools.tools])
+
+
+def follow_transcript(session: AgentSession[Any], events: CallEvents) -> None:
+    def on_item(event: voice_events.ConversationItemAddedEvent) -> None:
+        item = event.item
+        if isinstance(item, llm.ChatMessage) and item.role in ("user", "assistant"):
+            text = item.text_content
+            if text:
+                events.transcript_turn("agent" if item.role == "assistant" else "caller", text)
+
+    session.on("conversation_item_added", on_item)
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """The job of one call (runs in a job process; `prewarm` filled its runtime)."""
+    started = time.perf_counter()
+    runtime: WorkerRuntime = ctx.proc.userdata["runtime"]
+    settings = runtime.settings
+    try:
+        metadata = decode(ctx.job.metadata, DispatchMetadata)
+    except msgspec.ValidationError as exc:
+        log.error("dispatch metadata unreadable", room=ctx.room.name, error=str(exc))
+        ctx.shutdown("bad dispatch metadata")
+        return
+    connected = asyncio.ensure_future(ctx.connect())
+    nc = await bus.connect(settings.nats_url, "worker", settings.nats_password, name="voice-worker")
+    js = nc.jetstream()
+    http_client = httpx.AsyncClient(timeout=10.0)
+
+    async def close_connections(_: str) -> None:
+        await http_client.aclose()
+        await nc.drain()
+
+    ctx.add_shutdown_callback(close_connections)
+    events = CallEvents(js, metadata.call)
+    try:
+        state = await prepare_call(
+            runtime,
+            metadata,
+            nc=nc,
+            js=js,
+            started=started,
+            http=HttpToolExecutor(http_client, AllowAll()),
+            events=events,
+        )
+    except CallRefused as exc:
+        log.warning("call refused", call_sid=metadata.call.call_sid, reason=str(exc))
+        events.failed(str(exc))
+        await events.flush()
+        ctx.shutdown(str(exc))
+        return
+    config = state.config
+    greeting = asyncio.ensure_future(runtime.phrases.get(config.greeting_text(), config.voice))
+    filler = asyncio.ensure_future(runtime.phrases.get(settings.filler_text, config.voice))
+    filler.add_done_callback(
+        lambda task: setattr(state, "filler", None if task.exception() else task.result())
+    )
+    events.agent_joined(ctx.worker_id, state.setup_ms)
+    log.info(
+        "call ready",
+        call_sid=state.call.call_sid,
+        agent_id=config.agent_id,
+        tools=state.tools.names,
+        unavailable=state.credentials.unavailable,
+        stages_ms=state.stages_ms,
+    )
+
+    session = new_session(runtime.model(state), state)
+    closed: asyncio.Future[voice_events.CloseEvent] = asyncio.get_running_loop().create_future()
+
+    def on_close(event: voice_events.CloseEvent) -> None:
+        if not closed.done():
+            closed.set_result(event)
+
+    session.on("close", on_close)
+    await connected
+    await session.start(
+        new_agent(state),
+        room=ctx.room,
+        room_options=room_io.RoomOptions(participant_kinds=CALLER_KINDS, close_on_disconnect=True),
+    )
+    await ctx.wait_for_participant(kind=CALLER_KINDS)
+    answered = time.perf_counter()
+    await greet(session, config, greeting, settings.greeting_render_seconds)
+    close = await closed
+    caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
+    events.ended(
+        ended_by="caller" if caller_left else "system",
+        reason=close.reason.value,
+        duration_seconds=time.perf_counter() - answered,
+    )
+    await events.flush()
+    ctx.shutdown("call ended")

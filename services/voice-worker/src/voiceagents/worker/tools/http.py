@@ -1,0 +1,130 @@
+"""The one generic executor of declarative HTTP tools (`kind="http"` in the registry).
+
+A function's `HttpRequestTemplate` names placeholders: `{param}` for the model's arguments,
+`{config.key}` for the agent tool's non-secret config, `{secret.name}` and `{access_token}` for
+the credentials tool-vault released for this call. Arguments in the URL are percent-encoded; a body
+value that is exactly one placeholder keeps the argument's JSON type.
+
+Where a request may go is decided by a `RequestPolicy` given to the executor. This module only
+ships `AllowAll` (tests, loopback demo); the SSRF guard that production needs (resolve, refuse
+private and link-local addresses, pin the resolved address) plugs in at the same seam.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+import jsonschema
+
+from voiceagents.contracts.tools import ToolFunctionSpec
+from voiceagents.contracts.toolvault import ToolCredentials
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+# Responses larger than this are cut before they reach the model (it reads them aloud).
+MAX_RESPONSE_CHARS = 4000
+
+
+class RequestRefused(Exception):
+    """The request policy refused the destination."""
+
+
+class RequestPolicy(Protocol):
+    async def check(self, request: httpx.Request) -> None:
+        """Raise `RequestRefused` if `request` must not be sent."""
+
+
+class AllowAll:
+    """Sends every request. Only for tests and the loopback demo."""
+
+    async def check(self, request: httpx.Request) -> None:
+        return None
+
+
+class TemplateError(ValueError):
+    """A template references something that is not there; the message names it."""
+
+
+class HttpToolExecutor:
+    """Runs declarative HTTP functions with one shared HTTP client."""
+
+    def __init__(self, client: httpx.AsyncClient, policy: RequestPolicy) -> None:
+        self._client = client
+        self._policy = policy
+
+    async def execute(
+        self,
+        spec: ToolFunctionSpec,
+        config: Mapping[str, Any],
+        credentials: ToolCredentials | None,
+        arguments: Mapping[str, Any],
+    ) -> Any:
+        if spec.http is None:
+            raise TemplateError(f"function {spec.name!r} has no http template")
+        jsonschema.validate(dict(arguments), spec.parameters)
+        values = _values(config, credentials, arguments)
+        template = spec.http
+        url = _fill(template.url_template, values, encode=True)
+        headers = {name: _fill(value, values) for name, value in template.headers_template.items()}
+        if (
+            credentials is not None
+            and credentials.access_token
+            and not any(name.lower() == "authorization" for name in headers)
+        ):
+            headers["Authorization"] = f"{credentials.token_type} {credentials.access_token}"
+        body = (
+            None if template.body_template is None else _fill_json(template.body_template, values)
+        )
+        request = self._client.build_request(template.method, url, headers=headers, json=body)
+        await self._policy.check(request)
+        response = await self._client.send(request)
+        response.raise_for_status()
+        if "json" in response.headers.get("content-type", ""):
+            return response.json()
+        return response.text[:MAX_RESPONSE_CHARS]
+
+
+def _values(
+    config: Mapping[str, Any], credentials: ToolCredentials | None, arguments: Mapping[str, Any]
+) -> dict[str, Any]:
+    values: dict[str, Any] = dict(arguments)
+    values.update({f"config.{key}": value for key, value in config.items()})
+    if credentials is not None:
+        values.update({f"secret.{key}": value for key, value in credentials.secrets.items()})
+        if credentials.access_token:
+            values["access_token"] = credentials.access_token
+    return values
+
+
+def _lookup(name: str, values: Mapping[str, Any]) -> Any:
+    if name not in values:
+        # Name the placeholder only: its value may be a secret, its name is not.
+        raise TemplateError(f"template placeholder {{{name}}} has no value")
+    return values[name]
+
+
+def _fill(template: str, values: Mapping[str, Any], *, encode: bool = False) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        text = str(_lookup(name, values))
+        # The model's arguments cannot add path segments or query parameters; config values
+        # (a base URL) are the admin's and are used as written.
+        return quote(text, safe="") if encode and "." not in name else text
+
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def _fill_json(template: Any, values: Mapping[str, Any]) -> Any:
+    if isinstance(template, str):
+        whole = _PLACEHOLDER.fullmatch(template)
+        if whole is not None:
+            return _lookup(whole.group(1), values)
+        return _fill(template, values)
+    if isinstance(template, dict):
+        return {key: _fill_json(value, values) for key, value in template.items()}
+    if isinstance(template, list):
+        return [_fill_json(item, values) for item in template]
+    return template
