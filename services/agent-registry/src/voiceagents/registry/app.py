@@ -1,0 +1,259 @@
+"""The registry's ASGI app: admin REST API, health, metrics, and the NATS work in the same
+process (outbox relay, catalog sync, call log and auth-status consumers).
+
+`create_app(settings)` builds one registry (tests and benchmarks run it in-process); `app` is
+the module-level instance `python -m voiceagents.registry serve` runs, configured from the
+environment at startup. The API serves, and writes commit, while NATS is unreachable; the relay
+publishes what they committed once NATS is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voiceagents.contracts import bus
+from voiceagents.contracts.calls import CALLS_STREAM, CALLS_SUBJECTS
+from voiceagents.contracts.registry import REGISTRY_STREAM
+from voiceagents.contracts.tools import CATALOG_SYNC_SUBJECT
+from voiceagents.contracts.toolvault import TOOLVAULT_EVENTS_SUBJECTS, TOOLVAULT_STREAM
+from voiceagents.registry import agents, calls, db, oauth, organizations, tools
+from voiceagents.registry.auth import KeyVerifier, authenticate
+from voiceagents.registry.calllog import CALL_LOG_DURABLE, CallLogConsumer
+from voiceagents.registry.catalog import CatalogSyncHandler
+from voiceagents.registry.consumers import consume
+from voiceagents.registry.metrics import RegistryMetrics
+from voiceagents.registry.oauth import AUTH_STATUS_DURABLE, AuthStatusConsumer
+from voiceagents.registry.problems import EXCEPTION_HANDLERS
+from voiceagents.registry.projection import KvProjector
+from voiceagents.registry.relay import OutboxRelay
+from voiceagents.registry.runtime import Registry, registry_of
+from voiceagents.registry.settings import Settings
+
+log = structlog.get_logger("voiceagents.registry")
+
+MAX_BODY_BYTES = 1024 * 1024
+_NATS_RETRY_SECONDS = 1.0
+
+
+class RequestContext:
+    """Request id (from `X-Request-ID` or new), one JSON access-log line, and HTTP metrics."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("path_template") or "unmatched"
+            method = str(scope.get("method", ""))
+            registry: Registry | None = getattr(scope["app"].state, "registry", None)
+            if registry is not None:
+                registry.metrics.requests.labels(method, route, str(status)).inc()
+                registry.metrics.request_seconds.labels(method, route).observe(elapsed)
+            log.info(
+                "request",
+                method=method,
+                path=scope["path"],
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                key_id=scope["state"].get("key_id"),
+            )
+            structlog.contextvars.unbind_contextvars("request_id")
+
+
+@get("/healthz", sync_to_thread=False, include_in_schema=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, bool]]:
+    """Ready when PostgreSQL answers and NATS is connected."""
+    registry = registry_of(request)
+    postgres = False
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            postgres = await registry.pool.fetchval("SELECT true") is True
+    nats = registry.nats is not None and registry.nats.is_connected
+    ready = postgres and nats
+    return Response(
+        {"ready": ready, "postgres": postgres, "nats": nats}, status_code=200 if ready else 503
+    )
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    registry = registry_of(request)
+    return Response(generate_latest(registry.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _nats_work(registry: Registry) -> None:
+    """Connect to NATS (retrying until it answers), then run everything that uses it."""
+    settings = registry.settings
+    while True:
+        try:
+            nc = await bus.connect(
+                settings.nats_url, "registry", settings.nats_password, name="registry"
+            )
+            js = nc.jetstream()
+            await bus.ensure_stream(js, REGISTRY_STREAM)
+            await bus.ensure_stream(js, bus.DEADLETTER_STREAM)
+            await bus.ensure_buckets(js)
+            projector = await KvProjector.open(js, registry.metrics)
+            break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("NATS not reachable yet; retrying", error=str(exc))
+            await asyncio.sleep(_NATS_RETRY_SECONDS)
+    registry.nats = nc
+    registry.relay = OutboxRelay(settings.dsn, registry.pool, js, projector, registry.metrics)
+    await nc.subscribe(
+        CATALOG_SYNC_SUBJECT,
+        queue="registry",
+        cb=CatalogSyncHandler(registry.pool, registry.metrics),
+    )
+    log.info("connected to NATS", url=settings.nats_url)
+    await asyncio.gather(
+        registry.relay.run(),
+        consume(
+            js,
+            stream=CALLS_STREAM,
+            durable=CALL_LOG_DURABLE,
+            subject=CALLS_SUBJECTS,
+            handle=CallLogConsumer(registry.pool, registry.metrics),
+        ),
+        consume(
+            js,
+            stream=TOOLVAULT_STREAM,
+            durable=AUTH_STATUS_DURABLE,
+            subject=TOOLVAULT_EVENTS_SUBJECTS,
+            handle=AuthStatusConsumer(registry.pool, registry.metrics),
+        ),
+    )
+
+
+async def start_registry(settings: Settings) -> Registry:
+    metrics_ = RegistryMetrics()
+    pool = await db.connect(
+        settings.dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+    )
+    registry = Registry(
+        settings=settings,
+        pool=pool,
+        keys=KeyVerifier(pool, settings.auth_cache_seconds),
+        metrics=metrics_,
+    )
+    registry.tasks.append(asyncio.create_task(_nats_work(registry)))
+    return registry
+
+
+async def stop_registry(registry: Registry) -> None:
+    for task in registry.tasks:
+        task.cancel()
+    await asyncio.gather(*registry.tasks, return_exceptions=True)
+    if registry.nats is not None:
+        with contextlib.suppress(Exception):
+            await registry.nats.drain()
+    await registry.pool.close()
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The registry app; `settings` defaults to the environment, read at startup."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        registry = await start_registry(settings or Settings.from_env())
+        app.state.registry = registry
+        log.info("registry started")
+        try:
+            yield
+        finally:
+            await stop_registry(registry)
+
+    return Litestar(
+        route_handlers=[
+            organizations.create_organization,
+            organizations.list_organizations,
+            organizations.get_organization,
+            organizations.create_api_key,
+            agents.create_agent,
+            agents.list_agents,
+            agents.get_agent,
+            agents.update_agent,
+            agents.delete_agent,
+            tools.list_platform_tools,
+            tools.create_platform_tool,
+            tools.create_agent_tool,
+            tools.list_agent_tools,
+            tools.update_agent_tool,
+            tools.delete_agent_tool,
+            oauth.start_oauth,
+            calls.list_calls,
+            calls.get_call,
+            healthz,
+            readyz,
+            metrics,
+        ],
+        dependencies={"admin": Provide(authenticate)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContext],
+        lifespan=[lifespan],
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Voice Agents registry",
+            version="1.0.0",
+            description="Admin API: organizations, agents, tools, call log.",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="http", scheme="bearer", description="API key (va_...)"
+                    )
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+    )
+
+
+app = create_app()

@@ -1,0 +1,150 @@
+"""The outbox relay: publishes committed registry events to JetStream (`Nats-Msg-Id` = outbox
+id, so a republish after a crash is dropped by the stream's duplicate window), projects the
+affected agents into KV, then marks the outbox row sent.
+
+Rows go strictly in commit order, one relay at a time across all replicas (a PostgreSQL advisory
+lock), so events and KV writes for an agent are never reordered. The relay wakes on `NOTIFY`
+from the committing transaction; a slow timer only covers a lost notification. While NATS or
+PostgreSQL is down it retries with backoff and writes keep succeeding (they only need
+PostgreSQL); when NATS returns, everything pending goes out in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+
+from voiceagents.registry.db import connect_one
+from voiceagents.registry.metrics import RegistryMetrics
+from voiceagents.registry.outbox import NOTIFY_CHANNEL, ReleasedNumber
+from voiceagents.registry.projection import KvProjector
+
+log = structlog.get_logger("voiceagents.registry.relay")
+
+_RELAY_LOCK = 0x7265_6C61_7900_0001
+_BATCH = 100
+_IDLE_WAKE_SECONDS = 5.0
+_PUBLISH_TIMEOUT = 2.0
+_MAX_BACKOFF = 5.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool[Any],
+        js: JetStreamContext,
+        projector: KvProjector,
+        metrics: RegistryMetrics,
+    ) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._js = js
+        self._projector = projector
+        self._metrics = metrics
+        self._wake = asyncio.Event()
+        # Set after every pass that left nothing pending (tests and the CLI wait on it).
+        self.idle = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forever: hold the relay lock, drain the outbox on every notification."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._serve()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # PostgreSQL went away: reconnect with backoff
+                log.warning("outbox relay lost its database connection", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _serve(self) -> None:
+        connection = await connect_one(self._dsn)
+        try:
+            # One relay across replicas; another one blocks here and takes over if this one goes.
+            await connection.execute("SELECT pg_advisory_lock($1)", _RELAY_LOCK)
+            await connection.add_listener(NOTIFY_CHANNEL, self._notified)
+            log.info("outbox relay active")
+            backoff = 0.05
+            while True:
+                self._wake.clear()
+                try:
+                    pending = await self.drain()
+                except (asyncpg.PostgresConnectionError, OSError):
+                    raise
+                except Exception as exc:  # NATS unreachable or slow: keep order, retry later
+                    self._metrics.relay_failures.inc()
+                    log.warning("outbox relay could not publish; retrying", error=str(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                backoff = 0.05
+                if pending:
+                    continue
+                self.idle.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_WAKE_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close(timeout=2)
+
+    def _notified(self, *_args: object) -> None:
+        self._wake.set()
+
+    async def drain(self) -> bool:
+        """Publish one batch; True if more may be pending."""
+        rows = await self._pool.fetch(
+            """
+            SELECT seq, id::text, subject, payload, agent_ids::text[] AS agent_ids,
+                released_numbers, created_at
+            FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1
+            """,
+            _BATCH,
+        )
+        self._metrics.outbox_pending.set(len(rows))
+        if rows:
+            self.idle.clear()
+        for row in rows:
+            await self._js.publish(
+                row["subject"],
+                bytes(row["payload"]),
+                timeout=_PUBLISH_TIMEOUT,
+                headers={"Nats-Msg-Id": row["id"]},
+            )
+            for released in msgspec.convert(row["released_numbers"], list[ReleasedNumber]):
+                await self._projector.release_number(self._pool, released)
+            for agent_id in row["agent_ids"]:
+                await self._projector.project_agent(self._pool, agent_id)
+            await self._pool.execute("UPDATE outbox SET sent_at = now() WHERE seq = $1", row["seq"])
+            self._metrics.outbox_published.inc()
+            self._metrics.outbox_lag_seconds.observe(
+                max(0.0, (datetime.now(UTC) - row["created_at"]).total_seconds())
+            )
+        return len(rows) == _BATCH
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until everything committed before this call is published (tests, CLI)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.idle.clear()
+            self.wake()
+            pending = await self._pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            if not pending:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{pending} outbox events still unpublished")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), remaining)

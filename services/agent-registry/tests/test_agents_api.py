@@ -1,0 +1,160 @@
+"""Admins manage agents through the REST API: defaults, scoping, paging, versions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .conftest import RunningRegistry, new_number
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_new_agent_gets_the_default_greeting_and_is_readable(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    number = new_number()
+    agent = await registry.agent(org, phone_number=number, max_concurrent_calls=3)
+    assert agent["greeting"] == "Hello, this is {agent_name}. How can I help you today?"
+    assert agent["version"] == 1
+    assert agent["phone_number"] == number
+    assert agent["is_active"] is True
+
+    response = await registry.request("GET", f"/api/v1/agents/{agent['id']}")
+    assert response.status_code == 200
+    assert response.headers["etag"] == '"1"'
+    assert response.json() == agent
+    assert response.headers["x-request-id"]
+
+
+async def test_an_org_admin_manages_its_own_agents_and_cannot_see_others(
+    registry: RunningRegistry,
+) -> None:
+    mine, theirs = await registry.org(), await registry.org()
+    key = await registry.org_key(mine)
+    own = await registry.agent(mine, key=key)
+    other = await registry.agent(theirs)
+
+    assert (
+        await registry.request("GET", f"/api/v1/agents/{own['id']}", key=key)
+    ).status_code == 200
+    for method, body in (("GET", None), ("PUT", {"name": "Mine now"}), ("DELETE", None)):
+        response = await registry.request(
+            method, f"/api/v1/agents/{other['id']}", key=key, json=body
+        )
+        assert response.status_code == 404, (method, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+    listing = await registry.request("GET", f"/api/v1/agents/organization/{theirs}", key=key)
+    assert listing.status_code == 404
+    create = await registry.request(
+        "POST",
+        "/api/v1/agents",
+        key=key,
+        json={"organization_id": theirs, "name": "x", "system_prompt": "y"},
+    )
+    assert create.status_code == 404
+    assert create.json()["field"] == "organization_id"
+    # The other org's agent is untouched.
+    unchanged = await registry.request("GET", f"/api/v1/agents/{other['id']}")
+    assert unchanged.json() == other
+
+
+async def test_listing_pages_through_every_agent_once(registry: RunningRegistry) -> None:
+    org = await registry.org()
+    created = [(await registry.agent(org, name=f"agent {i}"))["id"] for i in range(5)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await registry.request("GET", f"/api/v1/agents/organization/{org}", params=params)
+        assert page.status_code == 200
+        body = page.json()
+        assert len(body["items"]) <= 2
+        seen += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == created
+
+
+async def test_updates_bump_the_version_and_stale_writers_are_refused(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    agent = await registry.agent(org)
+    path = f"/api/v1/agents/{agent['id']}"
+
+    first = await registry.request("PUT", path, json={"name": "Reception", "version": 1})
+    assert first.status_code == 200
+    assert first.json()["version"] == 2
+    assert first.json()["name"] == "Reception"
+    assert first.json()["system_prompt"] == agent["system_prompt"]
+
+    stale_body = await registry.request("PUT", path, json={"name": "Lost", "version": 1})
+    assert stale_body.status_code == 409
+    assert stale_body.json()["field"] == "version"
+    stale_header = await registry.request(
+        "PUT", path, json={"name": "Lost"}, headers={"If-Match": '"1"'}
+    )
+    assert stale_header.status_code == 412
+    fresh_header = await registry.request(
+        "PUT", path, json={"greeting": "Hi from {agent_name}"}, headers={"If-Match": '"2"'}
+    )
+    assert fresh_header.status_code == 200
+    assert fresh_header.headers["etag"] == '"3"'
+    final = (await registry.request("GET", path)).json()
+    assert final["name"] == "Reception"
+    assert final["greeting"] == "Hi from {agent_name}"
+
+
+async def test_concurrent_conditional_updates_never_lose_one(registry: RunningRegistry) -> None:
+    org = await registry.org()
+    agent = await registry.agent(org)
+    path = f"/api/v1/agents/{agent['id']}"
+    results = await asyncio.gather(
+        *(
+            registry.request("PUT", path, json={"description": f"writer {i}", "version": 1})
+            for i in range(6)
+        )
+    )
+    statuses = sorted(response.status_code for response in results)
+    assert statuses == [200, 409, 409, 409, 409, 409]
+    winner = next(r.json() for r in results if r.status_code == 200)
+    assert (await registry.request("GET", path)).json()["description"] == winner["description"]
+
+
+async def test_a_deleted_agent_is_gone_and_its_number_is_free_again(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    number = new_number()
+    agent = await registry.agent(org, phone_number=number)
+    deleted = await registry.request("DELETE", f"/api/v1/agents/{agent['id']}")
+    assert deleted.status_code == 204
+    assert (await registry.request("GET", f"/api/v1/agents/{agent['id']}")).status_code == 404
+    again = await registry.agent(org, phone_number=number)
+    assert again["phone_number"] == number
+
+
+async def test_the_openapi_document_describes_the_agent_endpoints(
+    registry: RunningRegistry,
+) -> None:
+    response = await registry.client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/api/v1/agents", "/api/v1/agents/{agent_id}", "/api/v1/tools/platform"} <= set(paths)
+    schemas = response.json()["components"]["schemas"]
+    assert "phone_number" in schemas["AgentCreate"]["properties"]
+
+
+async def test_health_readiness_and_metrics(registry: RunningRegistry) -> None:
+    assert (await registry.client.get("/healthz")).status_code == 200
+    await registry.settled()
+    ready = await registry.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "postgres": True, "nats": True}
+    await registry.request("GET", "/api/v1/organizations")
+    metrics = await registry.client.get("/metrics")
+    assert 'registry_http_requests_total{method="GET",route="/api/v1/organizations"' in metrics.text
