@@ -5,20 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
-from livekit.agents import AgentSession, RunContext
+from livekit import api
+from livekit.agents import AgentSession
 from nacl.public import PublicKey, SealedBox
 from nats.aio.client import Client
 
-from voiceagents.contracts.agents import AgentRuntimeConfig, ToolBinding
-from voiceagents.contracts.calls import CallContext, CallEvent, DispatchMetadata
-from voiceagents.contracts.codec import decode, encode
+from voiceagents.contracts import bus
+from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig, ToolBinding
+from voiceagents.contracts.calls import (
+    CALLS_SUBJECTS,
+    AnyCallEvent,
+    CallContext,
+    CallEvent,
+    DispatchMetadata,
+)
+from voiceagents.contracts.codec import decode, decode_union, encode
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.contracts.tools import ToolFunctionSpec
 from voiceagents.contracts.toolvault import (
@@ -29,7 +43,8 @@ from voiceagents.contracts.toolvault import (
     ReleaseError,
     ToolCredentials,
 )
-from voiceagents.devstack.servers import NatsServer
+from voiceagents.devstack.phone import SimulatedCaller
+from voiceagents.devstack.servers import LiveKitServer, NatsServer, free_port
 from voiceagents.worker.call import CallState, WorkerRuntime, new_agent, new_session, prepare_call
 from voiceagents.worker.events import CallEvents
 from voiceagents.worker.offline_model import (
@@ -40,66 +55,14 @@ from voiceagents.worker.offline_model import (
 )
 from voiceagents.worker.settings import Settings
 from voiceagents.worker.speech import PhraseAudio
-from voiceagents.worker.tools.base import BaseTool, ToolMetadata, tool_function
+from voiceagents.worker.tools.base import BaseTool
 
-PLANTED_SECRET = "sk_live_PLANTED_" + uuid.uuid4().hex
+# Test tools live in a package the worker process can import too.
+TESTS_DIR = Path(__file__).parent
+sys.path.insert(0, str(TESTS_DIR))
+os.environ.setdefault("VA_TEST_PLANTED_SECRET", "sk_live_PLANTED_" + uuid.uuid4().hex)
 
-
-class Orders(BaseTool):
-    """A test tool with an API key, an optional parameter, a read and a write."""
-
-    metadata = ToolMetadata(name="orders", description="Order lookup", auth_type="api_key")
-
-    @tool_function(idempotent=True)
-    async def lookup_order(
-        self,
-        context: RunContext[Any],
-        order_id: str,
-        include_items: bool = False,
-        note: str | None = None,
-    ) -> dict[str, Any]:
-        """Look up an order by the number the caller reads out.
-
-        Args:
-            order_id: The order number.
-            include_items: Whether to list the items too.
-        """
-        key = self.credentials.secrets["api_key"] if self.credentials else None
-        return {"order_id": order_id, "status": "shipped", "authorized": key == PLANTED_SECRET}
-
-    @tool_function(redact_arguments=["card_number"])
-    async def refund_order(self, context: RunContext[Any], order_id: str, card_number: str) -> str:
-        """Refund an order to a card."""
-        return f"refund of {order_id} started"
-
-    async def cancel_order(self, context: RunContext[Any], order_id: str) -> str:
-        """Cancel an order."""
-        return "cancelled"
-
-
-class Flaky(BaseTool):
-    """A test tool that misbehaves on purpose."""
-
-    metadata = ToolMetadata(name="flaky", description="Misbehaves", timeout_seconds=0.2)
-    calls: dict[str, int] = {}
-
-    @tool_function(idempotent=True)
-    async def slow_read(self, context: RunContext[Any]) -> str:
-        """Never answers in time."""
-        Flaky.calls["slow_read"] = Flaky.calls.get("slow_read", 0) + 1
-        await asyncio.sleep(30)
-        return "late"
-
-    async def broken_write(self, context: RunContext[Any]) -> str:
-        """Raises."""
-        Flaky.calls["broken_write"] = Flaky.calls.get("broken_write", 0) + 1
-        raise RuntimeError(f"upstream said no, key={PLANTED_SECRET}")
-
-    async def slow_but_fine(self, context: RunContext[Any]) -> str:
-        """Answers after a pause longer than the filler delay."""
-        await asyncio.sleep(0.15)
-        return "done"
-
+from voice_worker_test_tools import PLANTED_SECRET, Flaky, Orders  # noqa: E402
 
 TOOL_CLASSES: dict[str, type[BaseTool]] = {"orders": Orders, "flaky": Flaky}
 
@@ -283,3 +246,173 @@ def tool_calls() -> dict[str, int]:
     """How often each Flaky function ran in this test."""
     Flaky.calls.clear()
     return Flaky.calls
+
+
+class WorkerProcess:
+    """`python -m voiceagents.worker start` as a real process, its log in a file."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, log_path: Path, agent_name: str
+    ) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.agent_name = agent_name
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_for_log(self, text: str, timeout: float = 60.0) -> None:
+        def logged() -> bool:
+            if self.process.returncode is not None and text not in self.log():
+                raise AssertionError(f"worker exited ({self.process.returncode}):\n{self.log()}")
+            return text in self.log()
+
+        await wait_until(logged, timeout, f"worker log line {text!r}")
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a condition that has no event to await (a log line, a remote state)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - a log file has no event to await
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def start_worker(
+    nats_server: NatsServer, livekit_server: LiveKitServer, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    started: list[WorkerProcess] = []
+
+    async def start(script: OfflineScript, **settings: str) -> WorkerProcess:
+        agent_name = f"voice-agent-{uuid.uuid4().hex[:8]}"
+        script_path = tmp_path / f"{agent_name}.json"
+        script_path.write_bytes(msgspec.json.encode(ScriptBook(default=script)))
+        env = {
+            **os.environ,
+            **nats_server.environment(),
+            **livekit_server.environment(),
+            "VA_WORKER_AGENT_NAME": agent_name,
+            "VA_WORKER_MODEL": "offline",
+            "VA_WORKER_OFFLINE_SCRIPT": str(script_path),
+            "VA_WORKER_OFFLINE_FIRST_AUDIO_MS": "100",
+            "VA_WORKER_HTTP_PORT": str(free_port()),
+            "VA_WORKER_METRICS_PORT": str(free_port()),
+            "VA_WORKER_PHRASE_CACHE_DIR": str(tmp_path / "phrases"),
+            "VA_WORKER_IDLE_PROCESSES": "1",
+            "VA_WORKER_DEV_MODE": "true",
+            "VA_WORKER_TOOL_PACKAGES": "voice_worker_test_tools",
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+            ),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / f"metrics-{agent_name}"),
+            **{f"VA_WORKER_{key.upper()}": value for key, value in settings.items()},
+        }
+        log_path = tmp_path / f"{agent_name}.log"
+        with log_path.open("wb") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "voiceagents.worker",
+                "start",
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        worker = WorkerProcess(process, log_path, agent_name)
+        started.append(worker)
+        await worker.wait_for_log('"registered worker"')
+        return worker
+
+    yield start
+    for worker in started:
+        await worker.stop()
+
+
+@dataclass
+class PlacedCall:
+    call: CallContext
+    caller: SimulatedCaller
+
+
+@pytest.fixture
+async def place_call(livekit_server: LiveKitServer) -> AsyncIterator[Callable[..., Any]]:
+    """Create the call's room and dispatch it to a worker, as the gateway does."""
+    lkapi = api.LiveKitAPI(livekit_server.url, livekit_server.api_key, livekit_server.api_secret)
+    callers: list[SimulatedCaller] = []
+
+    async def place(config: AgentRuntimeConfig, agent_name: str) -> PlacedCall:
+        call = call_for(config)
+        await lkapi.room.create_room(api.CreateRoomRequest(name=call.room, empty_timeout=60))
+        await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(
+                agent_name=agent_name,
+                room=call.room,
+                metadata=encode(DispatchMetadata(call=call, grant="test-grant")).decode(),
+            )
+        )
+        caller = SimulatedCaller(
+            livekit_url=livekit_server.ws_url,
+            api_key=livekit_server.api_key,
+            api_secret=livekit_server.api_secret,
+            room=call.room,
+            call_sid=call.call_sid,
+            from_number=call.from_number,
+            to_number=call.to_number,
+        )
+        callers.append(caller)
+        return PlacedCall(call=call, caller=caller)
+
+    yield place
+    for caller in callers:
+        with contextlib.suppress(Exception):
+            await caller.hang_up()
+    await lkapi.aclose()
+
+
+@pytest.fixture
+async def agent_in_kv(nats_ops: Client) -> Callable[..., Any]:
+    js = nats_ops.jetstream()
+    await bus.ensure_buckets(js)
+    kv = await js.key_value(AGENT_CONFIG_BUCKET)
+
+    async def put(config: AgentRuntimeConfig) -> AgentRuntimeConfig:
+        await kv.put(config.agent_id, encode(config))
+        return config
+
+    return put
+
+
+class CallEventLog:
+    """Every call event published on this NATS server, raw and decoded."""
+
+    def __init__(self) -> None:
+        self.raw: list[bytes] = []
+        self.events: list[CallEvent] = []
+        self.changed = asyncio.Event()
+
+    async def handle(self, msg: Any) -> None:
+        self.raw.append(msg.data)
+        self.events.append(decode_union(msg.data, AnyCallEvent))
+        self.changed.set()
+
+    async def wait_for(self, kind: type[CallEvent], call_sid: str, timeout: float = 30.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if isinstance(event, kind) and event.call_sid == call_sid:
+                        return event
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def call_events(nats_ops: Client) -> AsyncIterator[CallEventLog]:
+    log = CallEventLog()
+    subscription = await nats_ops.subscribe(CALLS_SUBJECTS, cb=log.handle)
+    yield log
+    await subscription.unsubscribe()

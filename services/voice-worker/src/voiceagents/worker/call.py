@@ -77,6 +77,9 @@ class WorkerRuntime:
     tool_classes: dict[str, type[BaseTool]]
     phrases: PhraseAudio
     scripts: ScriptBook | None = None
+    # One client per process for declarative HTTP tools; built at prewarm (making its TLS
+    # context takes ~100 ms, which must not land on a call).
+    http: HttpToolExecutor | None = None
 
     @classmethod
     def create(cls, settings: Settings, mirror: ConfigMirror) -> WorkerRuntime:
@@ -90,6 +93,7 @@ class WorkerRuntime:
             tool_classes=discover(settings.packages),
             phrases=PhraseAudio(renderer, settings.phrase_cache),
             scripts=load_script_book(settings.offline_script) if offline else None,
+            http=HttpToolExecutor(httpx.AsyncClient(timeout=10.0), AllowAll()),
         )
 
     def model(self, state: CallState) -> llm.RealtimeModel:
@@ -295,11 +299,10 @@ async def entrypoint(ctx: JobContext) -> None:
         return
     connected = asyncio.ensure_future(ctx.connect())
     nc = await bus.connect(settings.nats_url, "worker", settings.nats_password, name="voice-worker")
+    CALL_SETUP_SECONDS.labels("nats").observe(time.perf_counter() - started)
     js = nc.jetstream()
-    http_client = httpx.AsyncClient(timeout=10.0)
 
     async def close_connections(_: str) -> None:
-        await http_client.aclose()
         await nc.drain()
 
     ctx.add_shutdown_callback(close_connections)
@@ -311,7 +314,7 @@ async def entrypoint(ctx: JobContext) -> None:
             nc=nc,
             js=js,
             started=started,
-            http=HttpToolExecutor(http_client, AllowAll()),
+            http=runtime.http,
             events=events,
         )
     except CallRefused as exc:

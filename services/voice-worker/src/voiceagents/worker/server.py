@@ -16,12 +16,15 @@ from functools import partial
 import structlog
 from livekit.agents import AgentServer, JobProcess
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 
 from voiceagents.contracts import bus
+from voiceagents.contracts.calls import CALLS_STREAM
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.worker.admission import LOAD_THRESHOLD, Admission
 from voiceagents.worker.call import WorkerRuntime, entrypoint
 from voiceagents.worker.catalog import sync_catalog
+from voiceagents.worker.logs import configure_logging
 from voiceagents.worker.settings import Settings
 from voiceagents.worker.tools.discovery import catalog, discover
 
@@ -32,6 +35,7 @@ PREWARM_NATS_SECONDS = 5.0
 
 def prewarm(proc: JobProcess, *, settings: Settings) -> None:
     """Runs once in every job process before it gets a call (no event loop is running yet)."""
+    configure_logging()
     mirror = ConfigMirror()
     try:
         asyncio.run(asyncio.wait_for(fill_mirror(settings, mirror), PREWARM_NATS_SECONDS))
@@ -47,7 +51,6 @@ async def fill_mirror(settings: Settings, mirror: ConfigMirror) -> None:
         "worker",
         settings.nats_password,
         name="voice-worker-prewarm",
-        max_reconnect_attempts=0,
         allow_reconnect=False,
     )
     try:
@@ -57,14 +60,28 @@ async def fill_mirror(settings: Settings, mirror: ConfigMirror) -> None:
         await nc.close()
 
 
-async def publish_catalog(settings: Settings) -> None:
-    """Connect as `worker` and report the code tools until the registry has them."""
+async def on_worker_started(settings: Settings) -> None:
+    """Make sure the CALLS stream exists, then report the code tools until the registry has
+    them. Both in the background: calls are taken meanwhile."""
     tools = catalog(discover(settings.packages))
     nc = await bus.connect(settings.nats_url, "worker", settings.nats_password, name="voice-worker")
     try:
+        await ensure_calls_stream(nc.jetstream())
         await sync_catalog(nc, f"{socket.gethostname()}:{os.getpid()}", tools)
     finally:
         await nc.close()
+
+
+async def ensure_calls_stream(js: JetStreamContext) -> None:
+    delay = 0.5
+    while True:
+        try:
+            await bus.ensure_stream(js, CALLS_STREAM)
+            return
+        except (NatsError, TimeoutError) as exc:
+            log.warning("CALLS stream not ensured; retrying", error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def build_server(settings: Settings) -> AgentServer:
@@ -87,9 +104,17 @@ def build_server(settings: Settings) -> AgentServer:
     background: set[asyncio.Task[None]] = set()
 
     def on_started() -> None:
-        task = asyncio.create_task(publish_catalog(settings))
+        task = asyncio.create_task(on_worker_started(settings))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    def on_registered(*_: object) -> None:
+        # LiveKit counts a new worker as available only after its first status update, which
+        # livekit-agents sends on a 2.5 s timer: send it now, so a new worker takes calls at once.
+        task = asyncio.create_task(server._update_worker_status())
         background.add(task)
         task.add_done_callback(background.discard)
 
     server.on("worker_started", on_started)
+    server.on("worker_registered", on_registered)
     return server

@@ -1,0 +1,154 @@
+"""A whole call through a real LiveKit server and the real worker process, with a caller that
+joins as LiveKit SIP does and speaks and listens in real audio (the model is the offline
+stand-in). What a caller would notice: the exact greeting first — also when they join after the
+agent is ready —, a tool answer, a worker that never takes more than MAX_CALLS calls, and a
+SIGTERM that lets the running call finish. Nothing secret shows up in logs or events."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+from livekit import api
+
+from voiceagents.contracts.agents import ToolBinding
+from voiceagents.contracts.calls import AgentJoined, CallEnded, ToolInvoked
+from voiceagents.contracts.tools import ToolFunctionSpec
+from voiceagents.devstack.servers import LiveKitServer
+from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
+
+pytestmark = pytest.mark.integration
+
+GREETING = "Hi, this is Ada from the shop. How can I help?"
+
+SCRIPT = OfflineScript(
+    turns=[
+        ScriptTurn(
+            caller="Where is my order five?",
+            tool_calls=[ScriptToolCall(name="lookup_order", arguments={"order_id": "5"})],
+            after_tools="Order five has shipped.",
+        ),
+        ScriptTurn(caller="Thanks, bye.", say="You're welcome, goodbye!"),
+    ]
+)
+
+ORDERS_ONLY = [
+    ToolBinding(
+        agent_tool_id="at-orders",
+        tool_name="orders",
+        auth_type="api_key",
+        functions=[ToolFunctionSpec(name="lookup_order", description="")],
+    )
+]
+
+
+def agent_lines(caller: Any) -> list[str]:
+    return [line.text for line in caller.transcript if line.role == "agent"]
+
+
+async def test_a_caller_joining_late_hears_the_exact_greeting_first_then_a_tool_answer(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+    toolvault: Any,
+    planted_secret: str,
+) -> None:
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    worker = await start_worker(SCRIPT, max_calls="2")
+    placed = await place_call(config, worker.agent_name)
+    sid = placed.call.call_sid
+
+    # The worker is ready (config, credentials, tools) before the caller's leg arrives.
+    joined = await call_events.wait_for(AgentJoined, sid)
+    assert joined.setup_ms > 0
+    caller = placed.caller
+    await caller.join()
+    await caller.wait_until_agent_quiet()
+    await wait_for_agent_lines(caller, 1)
+    await caller.say("Where is my order five?")
+    await caller.wait_until_agent_quiet()
+    await wait_for_agent_lines(caller, 2)
+    await caller.hang_up()
+    ended = await call_events.wait_for(CallEnded, sid)
+
+    assert agent_lines(caller) == [GREETING, "Order five has shipped."]
+    invoked = await call_events.wait_for(ToolInvoked, sid)
+    assert (invoked.function, invoked.outcome) == ("lookup_order", "ok")
+    assert toolvault.requests[-1].agent_tool_ids == ["at-orders"]
+    assert ended.source == "worker"
+    assert ended.ended_by == "caller"
+    assert [(line.role, line.text) for line in ended.transcript][:1] == [("agent", GREETING)]
+    # Planted-secret scan: the API key was released to the call and used by the tool.
+    assert planted_secret not in worker.log()
+    assert not [raw for raw in call_events.raw if planted_secret.encode() in raw]
+
+
+async def wait_for_agent_lines(caller: Any, count: int) -> None:
+    async with asyncio.timeout(30):
+        while len(agent_lines(caller)) < count:  # noqa: ASYNC110 - transcript arrives by stream
+            await asyncio.sleep(0.05)
+
+
+async def test_a_full_worker_gets_no_more_calls_and_sigterm_lets_the_running_call_finish(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+    toolvault: Any,
+    livekit_server: LiveKitServer,
+) -> None:
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    worker = await start_worker(SCRIPT, max_calls="1")
+    first = await place_call(config, worker.agent_name)
+    await first.caller.join()
+    await first.caller.wait_until_agent_quiet()
+
+    second = await place_call(config, worker.agent_name)
+    await worker_turned_it_down(worker, livekit_server, second.call.room)
+    assert not await agents_in(livekit_server, second.call.room)
+
+    worker.process.send_signal(signal.SIGTERM)
+    await worker.wait_for_log('"draining worker"')
+    await first.caller.say("Where is my order five?")
+    await first.caller.wait_until_agent_quiet()
+    await wait_for_agent_lines(first.caller, 2)
+    await first.caller.hang_up()
+
+    assert await worker.process.wait() == 0
+    assert agent_lines(first.caller) == [GREETING, "Order five has shipped."]
+    ended = await call_events.wait_for(CallEnded, first.call.call_sid)
+    assert ended.ended_by == "caller"
+
+
+async def worker_turned_it_down(worker: Any, livekit: LiveKitServer, room: str) -> None:
+    """Either LiveKit saw the worker full and did not offer the job, or the worker refused it."""
+
+    def turned_down() -> bool:
+        server_log = (livekit.data_root / "livekit.log").read_text(errors="replace")
+        offered_none = any(
+            ("no worker is available" in line and room in line)
+            or ("failed to send job request" in line and worker.agent_name in line)
+            for line in server_log.splitlines()
+        )
+        refused = any(
+            '"job refused"' in line and room in line for line in worker.log().splitlines()
+        )
+        return offered_none or refused
+
+    async with asyncio.timeout(30):
+        while not turned_down():  # noqa: ASYNC110 - log files have no event to await
+            await asyncio.sleep(0.05)
+
+
+async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:
+    lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
+    try:
+        response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    finally:
+        await lkapi.aclose()
+    return [p.identity for p in response.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
