@@ -3,15 +3,17 @@ Twilio played by `TwilioSimulator` (requests signed by twilio's own RequestValid
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
+import uvicorn
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
 from nats.aio.client import Client as NatsClient
 
 from voiceagents.contracts import bus
@@ -24,7 +26,7 @@ from voiceagents.contracts.agents import (
 )
 from voiceagents.contracts.codec import encode
 from voiceagents.devstack.phone import TwilioSimulator
-from voiceagents.devstack.servers import LiveKitServer, NatsServer
+from voiceagents.devstack.servers import NATS_USERS, LiveKitServer, NatsServer, free_port
 from voiceagents.gateway.app import Gateway, create_app
 from voiceagents.gateway.settings import Settings
 
@@ -83,6 +85,19 @@ class Numbers:
         return number, agent
 
 
+def safe_passwords() -> dict[str, str]:
+    """Hex passwords: nats-server's `$VAR` expansion misreads some url-safe tokens (e.g. ones
+    starting with digits) as numbers and refuses to start."""
+    return {user: "p" + secrets.token_hex(16) for user in NATS_USERS}
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """The session's NATS (overrides the devstack fixture only for its password alphabet)."""
+    with NatsServer(passwords=safe_passwords()) as server:
+        yield server
+
+
 @pytest.fixture
 async def numbers(nats_ops: NatsClient) -> Numbers:
     await bus.ensure_buckets(nats_ops.jetstream())
@@ -92,7 +107,7 @@ async def numbers(nats_ops: NatsClient) -> Numbers:
 @dataclass
 class RunningGateway:
     app: Litestar
-    client: AsyncTestClient[Litestar]
+    client: httpx.AsyncClient
     twilio: TwilioSimulator
 
     @property
@@ -100,23 +115,49 @@ class RunningGateway:
         gateway: Gateway = self.app.state.gateway
         return gateway
 
-
-GatewayFactory = Callable[..., "AsyncIterator[RunningGateway]"]
+    async def bind(
+        self, numbers: Numbers, **agent_fields: object
+    ) -> tuple[str, AgentRuntimeConfig]:
+        """Bind a number in KV and wait until this gateway's mirror has it (the KV watch)."""
+        mirror = self.state.mirror
+        changed = asyncio.Event()
+        mirror.on_change(lambda _bucket, _key: changed.set())
+        number, agent = await numbers.bind(**agent_fields)
+        while (route := mirror.route(number)) is None or route[1].version != agent.version:
+            changed.clear()
+            await changed.wait()
+        return number, agent
 
 
 async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+    """Serve the gateway with uvicorn on a loopback port, on the test's own event loop."""
     app = create_app(settings)
-    async with AsyncTestClient(app, base_url="http://gateway.internal:8080") as client:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            serving.result()  # start-up failed: raise its error
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.AsyncClient(base_url=url, timeout=30)
+    try:
         yield RunningGateway(
             app,
             client,
             TwilioSimulator(
-                gateway_url="",
+                gateway_url=url,
                 public_base_url=PUBLIC_BASE_URL,
                 auth_token=AUTH_TOKEN,
                 client=client,
             ),
         )
+    finally:
+        await client.aclose()
+        server.should_exit = True
+        await serving
 
 
 @pytest.fixture

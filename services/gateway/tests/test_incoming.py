@@ -28,7 +28,7 @@ async def livekit(livekit_server: LiveKitServer) -> api.LiveKitAPI:
 async def test_a_bound_number_gets_a_room_a_dispatch_and_sip_twiml(
     gateway: RunningGateway, numbers: Numbers, livekit: api.LiveKitAPI
 ) -> None:
-    number, agent = await numbers.bind()
+    number, agent = await gateway.bind(numbers)
     call_sid = new_call_sid()
 
     answer = await gateway.twilio.incoming(call_sid, "+14155550100", number)
@@ -73,7 +73,7 @@ async def test_a_bound_number_gets_a_room_a_dispatch_and_sip_twiml(
 async def test_the_same_call_sid_twice_makes_one_room_one_dispatch_and_the_same_answer(
     gateway: RunningGateway, numbers: Numbers, livekit: api.LiveKitAPI
 ) -> None:
-    number, _ = await numbers.bind()
+    number, _ = await gateway.bind(numbers)
     call_sid = new_call_sid()
 
     first = await gateway.twilio.incoming(call_sid, "+14155550100", number)
@@ -93,9 +93,9 @@ async def test_calls_that_cannot_be_taken_get_a_polite_hang_up(
     if reason == "unknown_number":
         number = "+15550000000"
     elif reason == "inactive_agent":
-        number, _ = await numbers.bind(is_active=False)
+        number, _ = await gateway.bind(numbers, is_active=False)
     else:
-        number, _ = await numbers.bind(max_concurrent_calls=1)
+        number, _ = await gateway.bind(numbers, max_concurrent_calls=1)
         taken = await gateway.twilio.incoming(new_call_sid(), "+14155550100", number)
         assert taken.sip_uri is not None
     call_sid = new_call_sid()
@@ -114,7 +114,7 @@ async def test_calls_that_cannot_be_taken_get_a_polite_hang_up(
 async def test_a_call_that_ended_frees_its_agents_capacity(
     gateway: RunningGateway, numbers: Numbers
 ) -> None:
-    number, _ = await numbers.bind(max_concurrent_calls=1)
+    number, _ = await gateway.bind(numbers, max_concurrent_calls=1)
     first = new_call_sid()
     assert (await gateway.twilio.incoming(first, "+14155550100", number)).sip_uri
 
@@ -127,7 +127,7 @@ async def test_a_call_that_ended_frees_its_agents_capacity(
 async def test_requests_not_signed_by_twilio_for_this_url_are_refused_with_no_work_done(
     gateway: RunningGateway, numbers: Numbers, livekit: api.LiveKitAPI, forgery: str
 ) -> None:
-    number, _ = await numbers.bind()
+    number, _ = await gateway.bind(numbers)
     call_sid = new_call_sid()
     params = {"CallSid": call_sid, "From": "+14155550100", "To": number}
     path = "/api/v1/voice/twilio/incoming"
@@ -150,7 +150,7 @@ async def test_requests_not_signed_by_twilio_for_this_url_are_refused_with_no_wo
 async def test_signatures_made_with_the_default_port_are_accepted(
     gateway: RunningGateway, numbers: Numbers
 ) -> None:
-    number, _ = await numbers.bind()
+    number, _ = await gateway.bind(numbers)
     gateway.twilio.public_base_url = "https://voice.example.com:443"
 
     answer = await gateway.twilio.incoming(new_call_sid(), "+14155550100", number)
@@ -179,7 +179,7 @@ async def test_the_fallback_url_apologises(gateway: RunningGateway) -> None:
 
 
 async def test_health_readiness_and_metrics(gateway: RunningGateway, numbers: Numbers) -> None:
-    number, _ = await numbers.bind()
+    number, _ = await gateway.bind(numbers)
     await gateway.twilio.incoming(new_call_sid(), "+14155550100", number)
     await gateway.twilio.incoming(new_call_sid(), "+14155550100", "+15550000001")
 

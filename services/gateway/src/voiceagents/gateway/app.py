@@ -187,6 +187,8 @@ async def start_gateway(settings: Settings) -> Gateway:
     try:
         js = nc.jetstream()
         await bus.ensure_stream(js, CALLS_STREAM)
+        # The gateway may start before the registry ever ran; an empty mirror is still a mirror.
+        await bus.ensure_buckets(js)
         mirror = ConfigMirror()
         await mirror.start(js)
     except BaseException:

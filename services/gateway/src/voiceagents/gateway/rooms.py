@@ -7,6 +7,8 @@ second gateway replica answering the same CallSid cannot create a second dispatc
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from livekit import api
 
@@ -25,10 +27,12 @@ class CallRooms:
         empty_timeout_seconds: int,
         request_timeout_seconds: float,
     ) -> None:
+        # livekit-api passes `timeout=None` per request, which disables the session's timeout;
+        # every request is bounded with asyncio.timeout instead.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=request_timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
         )
+        self._timeout = request_timeout_seconds
         self.api = api.LiveKitAPI(url, api_key, api_secret, session=self._session, failover=False)
         self._agent_name = agent_name
         self._empty_timeout = empty_timeout_seconds
@@ -48,12 +52,14 @@ class CallRooms:
                 )
             ],
         )
-        return await self.api.room.create_room(request)
+        async with asyncio.timeout(self._timeout):
+            return await self.api.room.create_room(request)
 
     async def delete(self, room: str) -> bool:
         """Delete the room; False if it was already gone."""
         try:
-            await self.api.room.delete_room(api.DeleteRoomRequest(room=room))
+            async with asyncio.timeout(self._timeout):
+                await self.api.room.delete_room(api.DeleteRoomRequest(room=room))
         except api.TwirpError as exc:
             if exc.code == api.TwirpErrorCode.NOT_FOUND:
                 return False
