@@ -10,6 +10,7 @@ Auth: HTTP Basic with the account SID and auth token (or an API key SID and secr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ class LiveCall:
     status: str = "in-progress"
     # Every update, as received: the form fields (Twiml, Url, Status...).
     updates: list[dict[str, str]] = field(default_factory=list)
+    # When each update arrived (time.monotonic()).
+    updated_at: list[float] = field(default_factory=list)
 
 
 def _twilio_error(status: int, code: int, message: str) -> ApiError:
@@ -82,6 +85,7 @@ class TwilioStandIn(StandInServer):
         if call.status != "in-progress" and ("Twiml" in form or "Url" in form):
             raise _twilio_error(400, 21220, "Call is not in-progress. Cannot redirect.")
         call.updates.append(form)
+        call.updated_at.append(time.monotonic())
         if form.get("Status") in ("completed", "canceled"):
             call.status = form["Status"]
         return web.json_response(self._resource(call))
