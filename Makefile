@@ -50,6 +50,9 @@ infra-up: python infra-install ## Start PostgreSQL, NATS and LiveKit in the back
 infra-down: python ## Stop what infra-up started
 	@$(PY) -m voiceagents.devstack infra-down
 
+catalog: python ## Print the tool catalog (JSON) the voice worker reports to the registry
+	@$(PY) -m voiceagents.worker.tools.print_catalog
+
 bench: python infra-install ## Run every benchmark under bench/ (tables + bench/results/*.json)
 	@for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
