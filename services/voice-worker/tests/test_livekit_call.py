@@ -109,11 +109,15 @@ async def test_a_full_worker_gets_no_more_calls_and_sigterm_lets_the_running_cal
     await first.caller.wait_until_agent_quiet()
 
     second = await place_call(config, worker.agent_name)
-    await worker_turned_it_down(worker, livekit_server, second.call.room)
+    await wait_for_turn_down(worker, livekit_server, turn_downs(worker, livekit_server))
     assert not await agents_in(livekit_server, second.call.room)
 
     worker.process.send_signal(signal.SIGTERM)
     await worker.wait_for_log('"draining worker"')
+    seen = turn_downs(worker, livekit_server)
+    third = await place_call(config, worker.agent_name)
+    await wait_for_turn_down(worker, livekit_server, seen)
+    assert not await agents_in(livekit_server, third.call.room)
     await first.caller.say("Where is my order five?")
     await first.caller.wait_until_agent_quiet()
     await wait_for_agent_lines(first.caller, 2)
@@ -125,23 +129,22 @@ async def test_a_full_worker_gets_no_more_calls_and_sigterm_lets_the_running_cal
     assert ended.ended_by == "caller"
 
 
-async def worker_turned_it_down(worker: Any, livekit: LiveKitServer, room: str) -> None:
-    """Either LiveKit saw the worker full and did not offer the job, or the worker refused it."""
+def turn_downs(worker: Any, livekit: LiveKitServer) -> int:
+    """Jobs for this worker's agent name that LiveKit could not place (the worker reported
+    itself full or draining) or that the worker refused."""
+    server_log = (livekit.data_root / "livekit.log").read_text(errors="replace")
+    not_offered = [
+        line
+        for line in server_log.splitlines()
+        if "failed to send job request" in line and worker.agent_name in line
+    ]
+    refused = [line for line in worker.log().splitlines() if '"job refused"' in line]
+    return len(not_offered) + len(refused)
 
-    def turned_down() -> bool:
-        server_log = (livekit.data_root / "livekit.log").read_text(errors="replace")
-        offered_none = any(
-            ("no worker is available" in line and room in line)
-            or ("failed to send job request" in line and worker.agent_name in line)
-            for line in server_log.splitlines()
-        )
-        refused = any(
-            '"job refused"' in line and room in line for line in worker.log().splitlines()
-        )
-        return offered_none or refused
 
+async def wait_for_turn_down(worker: Any, livekit: LiveKitServer, seen: int) -> None:
     async with asyncio.timeout(30):
-        while not turned_down():  # noqa: ASYNC110 - log files have no event to await
+        while turn_downs(worker, livekit) <= seen:  # noqa: ASYNC110 - logs have no event
             await asyncio.sleep(0.05)
 
 
