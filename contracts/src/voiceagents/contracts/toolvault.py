@@ -134,3 +134,33 @@ class CredentialsReleased(ToolVaultEvent, frozen=True, kw_only=True, tag="releas
 AnyToolVaultEvent = (
     CredentialConnected | CredentialRefreshed | CredentialRefreshFailed | CredentialsReleased
 )
+
+
+SECRETS_PUT_SUBJECT = "toolvault.v1.secrets.put"
+
+
+class SecretsPutRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """API-key style secrets (CRM token, shop key, SMTP password) for one agent tool.
+
+    The registry, having checked the admin and the agent tool's org, forwards the admin's values
+    here (core NATS request/reply, never JetStream) without storing or logging them; tool-vault
+    stores them and answers with no secret. The whole set is replaced."""
+
+    org_id: str
+    agent_id: str
+    agent_tool_id: str
+    tool_name: str
+    secrets: dict[str, str]
+    # Who asked (admin user id), for the audit event.
+    actor: str | None = None
+
+    def __repr__(self) -> str:  # a stray log of this message must not print the values
+        return (
+            f"SecretsPutRequest(agent_tool_id={self.agent_tool_id!r}, keys={sorted(self.secrets)})"
+        )
+
+
+class SecretsPutReply(msgspec.Struct, frozen=True, kw_only=True):
+    # The stored version (monotonic per agent tool); None when `error` is set.
+    version: int | None = None
+    error: str | None = None
