@@ -71,6 +71,7 @@ class VaultStandIn:
         self._lock = threading.Lock()
         self.logins = 0
         self.renewals = 0
+        self.renewed = threading.Event()
         self.writes = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -266,6 +267,7 @@ class VaultStandIn:
         ceiling = live.issued + live.max_ttl
         live.expires = min(time.time() + ttl, ceiling)
         self.renewals += 1
+        self.renewed.set()
         block = self._auth_block(token, live)
         block["lease_duration"] = int(live.expires - time.time())
         return 200, _envelope(auth=block)

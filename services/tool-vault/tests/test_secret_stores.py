@@ -1,0 +1,330 @@
+"""One behaviour suite for both secret backends: `embedded` (PostgreSQL, envelope-encrypted) and
+`vault` (hvac against the Vault API stand-in). Then what only one of them has: master-key
+rotation for `embedded`; token auth, renewal and re-login for `vault`."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import pytest
+
+from voiceagents.toolvault.store import SecretStore, StoreError, VersionConflict, tool_path
+from voiceagents.toolvault.vault import VaultConfig, VaultStore
+
+from .conftest import MASTER_KEY, embedded_store
+from .vault_standin import VaultStandIn
+
+pytestmark = pytest.mark.integration
+
+POLICY = ["secret/data/voiceagents/*", "secret/metadata/voiceagents/*"]
+
+
+def doc(**values: object) -> bytes:
+    return msgspec.json.encode(values)
+
+
+@pytest.fixture
+def vault_server() -> Iterator[VaultStandIn]:
+    with VaultStandIn() as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", "vault"])
+async def store(
+    request: pytest.FixtureRequest, embedded_dsn: str, vault_server: VaultStandIn
+) -> AsyncIterator[SecretStore]:
+    backend: SecretStore
+    if request.param == "embedded":
+        backend = embedded_store(embedded_dsn)
+    else:
+        backend = VaultStore(
+            VaultConfig(
+                addr=vault_server.url, auth="token", token=vault_server.create_token(POLICY)
+            )
+        )
+    await backend.start()
+    yield backend
+    await backend.close()
+
+
+def new_path() -> str:
+    return tool_path(f"org-{secrets.token_hex(4)}", f"at-{secrets.token_hex(4)}")
+
+
+# -- the shared suite ------------------------------------------------------------------------
+
+
+async def test_a_written_secret_reads_back_with_its_version(store: SecretStore) -> None:
+    path = new_path()
+
+    version = await store.write(path, doc(token="abc"), cas=0)
+    read = await store.read(path)
+
+    assert version == 1
+    assert read is not None and read.version == 1
+    assert msgspec.json.decode(read.value) == {"token": "abc"}
+
+
+async def test_a_path_never_written_reads_as_none(store: SecretStore) -> None:
+    assert await store.read(new_path()) is None
+
+
+async def test_each_write_is_a_new_version(store: SecretStore) -> None:
+    path = new_path()
+    v1 = await store.write(path, doc(n=1), cas=0)
+    v2 = await store.write(path, doc(n=2), cas=v1)
+
+    read = await store.read(path)
+
+    assert (v1, v2) == (1, 2)
+    assert read is not None and read.version == 2
+    assert msgspec.json.decode(read.value) == {"n": 2}
+
+
+async def test_a_write_against_a_stale_version_is_refused_and_changes_nothing(
+    store: SecretStore,
+) -> None:
+    path = new_path()
+    await store.write(path, doc(refresh="first"), cas=0)
+    await store.write(path, doc(refresh="rotated"), cas=1)
+
+    with pytest.raises(VersionConflict):
+        await store.write(path, doc(refresh="stale"), cas=1)
+
+    read = await store.read(path)
+    assert read is not None and msgspec.json.decode(read.value) == {"refresh": "rotated"}
+
+
+async def test_creating_what_already_exists_is_a_conflict(store: SecretStore) -> None:
+    path = new_path()
+    await store.write(path, doc(a=1), cas=0)
+
+    with pytest.raises(VersionConflict):
+        await store.write(path, doc(a=2), cas=0)
+
+
+async def test_of_two_concurrent_writers_from_the_same_version_exactly_one_wins(
+    store: SecretStore,
+) -> None:
+    path = new_path()
+    await store.write(path, doc(v="base"), cas=0)
+
+    results = await asyncio.gather(
+        *(store.write(path, doc(v=f"writer-{i}"), cas=1) for i in range(5)),
+        return_exceptions=True,
+    )
+
+    assert sum(isinstance(r, int) for r in results) == 1
+    assert sum(isinstance(r, VersionConflict) for r in results) == 4
+
+
+async def test_a_deleted_secret_is_gone_and_can_be_created_again(store: SecretStore) -> None:
+    path = new_path()
+    await store.write(path, doc(a=1), cas=0)
+
+    await store.delete(path)
+    await store.delete(path)  # idempotent
+
+    assert await store.read(path) is None
+    assert await store.write(path, doc(a=2), cas=0) == 1
+
+
+async def test_the_store_reports_ready(store: SecretStore) -> None:
+    assert await store.ready()
+
+
+# -- embedded only ---------------------------------------------------------------------------
+
+
+async def test_embedded_rows_hold_no_plaintext(embedded_dsn: str) -> None:
+    store = embedded_store(embedded_dsn)
+    await store.start()
+    try:
+        await store.write(new_path(), doc(token="planted-plaintext-value"), cas=0)
+    finally:
+        await store.close()
+
+    conn = await asyncpg.connect(embedded_dsn)
+    try:
+        rows = await conn.fetch("SELECT * FROM toolvault_secrets")
+    finally:
+        await conn.close()
+    assert rows
+    assert all(b"planted-plaintext-value" not in bytes(r["ciphertext"]) for r in rows)
+    assert all("planted" not in str(dict(r)) for r in rows)
+
+
+async def test_embedded_master_key_rotation_rewraps_rows_and_the_old_key_can_go(
+    embedded_dsn: str,
+) -> None:
+    old_only = embedded_store(embedded_dsn)
+    await old_only.start()
+    path = new_path()
+    await old_only.write(path, doc(token="survives-rotation"), cas=0)
+    await old_only.close()
+
+    new_key = secrets.token_bytes(32)
+    both = embedded_store(embedded_dsn, {"m1": MASTER_KEY, "m2": new_key}, active="m2")
+    await both.start()
+    assert await both.rewrap() == 1
+    assert await both.rewrap() == 0
+    await both.close()
+
+    new_only = embedded_store(embedded_dsn, {"m2": new_key}, active="m2")
+    await new_only.start()
+    try:
+        read = await new_only.read(path)
+    finally:
+        await new_only.close()
+    assert read is not None and read.version == 1
+    assert msgspec.json.decode(read.value) == {"token": "survives-rotation"}
+
+
+async def test_embedded_a_row_moved_to_another_path_does_not_decrypt(embedded_dsn: str) -> None:
+    store = embedded_store(embedded_dsn)
+    await store.start()
+    try:
+        source, target = new_path(), new_path()
+        await store.write(source, doc(token="org-a"), cas=0)
+        await store.pool.execute(
+            "UPDATE toolvault_secrets SET path = $2 WHERE path = $1", source, target
+        )
+        with pytest.raises(StoreError):
+            await store.read(target)
+    finally:
+        await store.close()
+
+
+async def test_embedded_a_row_under_an_unconfigured_key_is_an_error_not_garbage(
+    embedded_dsn: str,
+) -> None:
+    store = embedded_store(embedded_dsn)
+    await store.start()
+    path = new_path()
+    await store.write(path, doc(a=1), cas=0)
+    await store.close()
+
+    other = embedded_store(embedded_dsn, {"m9": secrets.token_bytes(32)}, "m9")
+    await other.start()
+    try:
+        with pytest.raises(StoreError, match="m1"):
+            await other.read(path)
+    finally:
+        await other.close()
+
+
+# -- vault only ------------------------------------------------------------------------------
+
+
+async def test_vault_writes_are_check_and_set_in_vault(vault_server: VaultStandIn) -> None:
+    store = VaultStore(
+        VaultConfig(addr=vault_server.url, auth="token", token=vault_server.create_token(POLICY))
+    )
+    await store.start()
+    try:
+        path = new_path()
+        await store.write(path, doc(a=1), cas=0)
+        await store.write(path, doc(a=2), cas=1)
+    finally:
+        await store.close()
+    assert vault_server.current_version(f"voiceagents/{path}") == 2
+    assert vault_server.raw(f"voiceagents/{path}") is not None
+
+
+async def test_vault_kubernetes_login_and_relogin_after_the_token_is_revoked(
+    vault_server: VaultStandIn, tmp_path: Path
+) -> None:
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text("service-account-jwt\n")
+    vault_server.add_kubernetes_role("tool-vault", "service-account-jwt", POLICY)
+    store = VaultStore(
+        VaultConfig(
+            addr=vault_server.url, auth="kubernetes", role="tool-vault", jwt_path=str(jwt_file)
+        )
+    )
+    await store.start()
+    try:
+        path = new_path()
+        await store.write(path, doc(a=1), cas=0)
+        assert vault_server.logins == 1
+
+        vault_server.revoke_all_tokens()  # expiry, revocation or a Vault restart look alike: 403
+        read = await store.read(path)
+
+        assert read is not None and read.version == 1
+        assert vault_server.logins == 2
+    finally:
+        await store.close()
+
+
+async def test_vault_approle_login(vault_server: VaultStandIn) -> None:
+    vault_server.add_approle("role-id-1", "secret-id-1", POLICY)
+    store = VaultStore(
+        VaultConfig(
+            addr=vault_server.url, auth="approle", role_id="role-id-1", secret_id="secret-id-1"
+        )
+    )
+    await store.start()
+    try:
+        path = new_path()
+        assert await store.write(path, doc(a=1), cas=0) == 1
+        assert vault_server.logins == 1
+    finally:
+        await store.close()
+
+
+async def test_vault_wrong_login_fails_start(vault_server: VaultStandIn) -> None:
+    vault_server.add_approle("role-id-1", "secret-id-1", POLICY)
+    store = VaultStore(
+        VaultConfig(addr=vault_server.url, auth="approle", role_id="role-id-1", secret_id="wrong")
+    )
+    with pytest.raises(StoreError):
+        await store.start()
+    await store.close()
+
+
+async def test_vault_paths_outside_the_policy_are_denied(vault_server: VaultStandIn) -> None:
+    store = VaultStore(
+        VaultConfig(
+            addr=vault_server.url,
+            auth="token",
+            token=vault_server.create_token(["secret/data/elsewhere/*"]),
+        )
+    )
+    await store.start()
+    try:
+        with pytest.raises(StoreError, match="permission denied"):
+            await store.write(new_path(), doc(a=1), cas=0)
+    finally:
+        await store.close()
+
+
+async def test_vault_token_is_renewed_before_it_expires(vault_server: VaultStandIn) -> None:
+    vault_server.token_ttl = 3  # renewal at two thirds of the lease: after 2 s
+    vault_server.add_approle("role-id-1", "secret-id-1", POLICY)
+    store = VaultStore(
+        VaultConfig(
+            addr=vault_server.url, auth="approle", role_id="role-id-1", secret_id="secret-id-1"
+        )
+    )
+    await store.start()
+    try:
+        assert await asyncio.to_thread(vault_server.renewed.wait, 30)
+        assert vault_server.logins == 1
+        assert await store.ready()
+    finally:
+        await store.close()
+
+
+async def test_vault_unreachable_is_a_store_error() -> None:
+    store = VaultStore(
+        VaultConfig(addr="http://127.0.0.1:9", auth="token", token="hvs.x", timeout_seconds=1)
+    )
+    with pytest.raises(StoreError, match="unreachable"):
+        await store.start()
+    await store.close()
