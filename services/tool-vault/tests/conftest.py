@@ -20,13 +20,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.public import PrivateKey, SealedBox
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from voiceagents.contracts import bus
 from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig, ToolBinding
-from voiceagents.contracts.codec import decode, encode
+from voiceagents.contracts.codec import decode, decode_union, encode
 from voiceagents.contracts.toolvault import (
     RELEASE_SUBJECT,
     SECRETS_PUT_SUBJECT,
+    TOOLVAULT_EVENTS_SUBJECTS,
+    AnyToolVaultEvent,
     CredentialReleaseReply,
     CredentialReleaseRequest,
     ReleasedCredentials,
@@ -168,6 +172,33 @@ async def put_secrets(
     )
     message = await registry.request(SECRETS_PUT_SUBJECT, encode(request), timeout=10)
     return decode(message.data, SecretsPutReply)
+
+
+async def audit_events(nats_ops: NatsClient, org_id: str, count: int) -> list[AnyToolVaultEvent]:
+    """The first `count` audit events of this org on the TOOLVAULT stream, as the registry sees
+    them (waits for tool-vault's background publishes)."""
+    found: list[AnyToolVaultEvent] = []
+    enough = asyncio.Event()
+
+    async def collect(message: Msg) -> None:
+        event = decode_union(message.data, AnyToolVaultEvent)
+        if event.org_id == org_id:
+            found.append(event)
+            if len(found) >= count:
+                enough.set()
+
+    js = nats_ops.jetstream()
+    subscription = await js.subscribe(
+        TOOLVAULT_EVENTS_SUBJECTS,
+        cb=collect,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+    )
+    try:
+        await asyncio.wait_for(enough.wait(), timeout=15)
+    finally:
+        await subscription.unsubscribe()
+    return found
 
 
 def binding(auth_type: str = "api_key", tool_name: str = "crm") -> ToolBinding:

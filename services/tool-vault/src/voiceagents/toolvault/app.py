@@ -321,6 +321,9 @@ async def metrics(request: Request[object, object, State]) -> Response[bytes]:
     return Response(generate_latest(vault.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+ROUTES = [oauth_callback, healthz, readyz, metrics]
+
+
 def create_app(settings: Settings | None = None, store: SecretStore | None = None) -> Litestar:
     """The tool-vault app; `settings` default to the environment, read at startup."""
 
@@ -335,7 +338,7 @@ def create_app(settings: Settings | None = None, store: SecretStore | None = Non
             await stop_toolvault(vault)
 
     return Litestar(
-        route_handlers=[oauth_callback, healthz, readyz, metrics],
+        route_handlers=ROUTES,
         lifespan=[lifespan],
         openapi_config=None,
     )

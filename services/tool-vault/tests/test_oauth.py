@@ -1,0 +1,333 @@
+"""Connecting a tool by OAuth (RFC 6749 + PKCE, per RFC 9700) and keeping it connected: the
+authorization URL, the callback, and refresh on release. The provider is a local stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from litestar import Litestar
+from nats.aio.client import Client as NatsClient
+
+from voiceagents.contracts.agents import AgentRuntimeConfig, ToolBinding
+from voiceagents.contracts.codec import decode, encode
+from voiceagents.contracts.toolvault import (
+    OAUTH_START_SUBJECT,
+    CredentialConnected,
+    CredentialRefreshed,
+    CredentialRefreshFailed,
+    CredentialsReleased,
+    OAuthStartReply,
+    OAuthStartRequest,
+)
+from voiceagents.toolvault.app import ROUTES, ToolVault
+from voiceagents.toolvault.store import ToolSecret, tool_path
+
+from .conftest import PUBLIC_BASE_URL, Agents, Worker, audit_events, binding, sign_grant
+from .oauth_standin import OAuthProviderStandIn
+
+pytestmark = pytest.mark.integration
+
+SCOPES = [
+    "https://www.googleapis.com/auth/calendar.readonly",
+    "https://www.googleapis.com/auth/calendar.events",
+]
+CALLBACK = "/api/v1/tools/callback"
+
+
+@pytest.fixture
+async def http(toolvault: ToolVault) -> AsyncIterator[httpx.AsyncClient]:
+    """tool-vault's HTTP routes on the test's own event loop (the store's pool lives there)."""
+    app = Litestar(route_handlers=ROUTES, openapi_config=None)
+    app.state.toolvault = toolvault
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_BASE_URL) as client:
+        yield client
+
+
+async def start(
+    registry: NatsClient, agent: AgentRuntimeConfig, tool: ToolBinding, **fields: object
+) -> OAuthStartReply:
+    request = OAuthStartRequest(
+        org_id=agent.org_id,
+        agent_id=agent.agent_id,
+        agent_tool_id=tool.agent_tool_id,
+        tool_name=tool.tool_name,
+        provider=str(fields.pop("provider", "google")),
+        scopes=SCOPES,
+        **fields,  # type: ignore[arg-type]
+    )
+    message = await registry.request(OAUTH_START_SUBJECT, encode(request), timeout=10)
+    return decode(message.data, OAuthStartReply)
+
+
+async def connected_agent(agents: Agents) -> tuple[AgentRuntimeConfig, ToolBinding]:
+    calendar = binding("oauth2", "google_calendar")
+    return await agents.create(tools=[calendar]), calendar
+
+
+async def stored(
+    toolvault: ToolVault, agent: AgentRuntimeConfig, tool: ToolBinding
+) -> ToolSecret | None:
+    found = await toolvault.store.read(tool_path(agent.org_id, tool.agent_tool_id))
+    return None if found is None else decode(found.value, ToolSecret)
+
+
+async def test_the_authorization_url_asks_for_the_tools_scopes_offline_with_pkce_s256(
+    agents: Agents, registry: NatsClient, oauth_provider: OAuthProviderStandIn
+) -> None:
+    agent, calendar = await connected_agent(agents)
+
+    reply = await start(registry, agent, calendar)
+
+    assert reply.error is None and reply.authorization_url is not None
+    url = urlsplit(reply.authorization_url)
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert f"{url.scheme}://{url.netloc}{url.path}" == f"{oauth_provider.url}/authorize"
+    assert query["response_type"] == "code"
+    assert query["client_id"] == oauth_provider.client_id
+    assert query["redirect_uri"] == PUBLIC_BASE_URL + CALLBACK
+    assert query["scope"].split() == SCOPES
+    assert query["access_type"] == "offline"
+    assert query["code_challenge_method"] == "S256"
+    assert len(query["code_challenge"]) == 43
+    assert len(query["state"]) >= 43
+    assert "code_verifier" not in query
+
+
+async def test_an_unknown_provider_is_refused_by_name(agents: Agents, registry: NatsClient) -> None:
+    agent, calendar = await connected_agent(agents)
+
+    reply = await start(registry, agent, calendar, provider="myspace")
+
+    assert reply.authorization_url is None
+    assert reply.error is not None and "provider" in reply.error and "myspace" in reply.error
+
+
+async def test_connecting_stores_tokens_announces_it_and_the_next_call_gets_the_token(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    worker: Worker,
+    nats_ops: NatsClient,
+    toolvault: ToolVault,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar, return_url="https://admin.example.com/tools")
+    assert reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+
+    answer = await http.get(CALLBACK, params={"code": code, "state": state})
+
+    assert answer.status_code in (302, 303, 307)
+    assert answer.headers["location"] == (
+        f"https://admin.example.com/tools?agent_tool_id={calendar.agent_tool_id}&connected=true"
+    )
+    secret = await stored(toolvault, agent, calendar)
+    assert secret is not None
+    assert secret.access_token == oauth_provider.issued_access_tokens[-1]
+    assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1]
+    [event] = await audit_events(nats_ops, agent.org_id, 1)
+    assert isinstance(event, CredentialConnected)
+    assert (event.agent_tool_id, event.agent_id, event.provider) == (
+        calendar.agent_tool_id,
+        agent.agent_id,
+        "google",
+    )
+
+    release = await worker.request(
+        sign_grant(org_id=agent.org_id, agent_id=agent.agent_id), [calendar.agent_tool_id]
+    )
+    [credentials] = worker.open(release).credentials
+    assert credentials.kind == "oauth2"
+    assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
+    assert oauth_provider.refresh_calls == 0
+
+
+async def test_a_reused_state_is_refused_and_nothing_changes(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar)
+    assert reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+    assert (await http.get(CALLBACK, params={"code": code, "state": state})).status_code == 200
+    first = await toolvault.store.read(tool_path(agent.org_id, calendar.agent_tool_id))
+
+    again = await http.get(CALLBACK, params={"code": code, "state": state})
+
+    assert again.status_code == 400
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert again.json()["field"] == "state"
+    assert await toolvault.store.read(tool_path(agent.org_id, calendar.agent_tool_id)) == first
+
+
+async def test_an_unknown_state_is_refused_and_nothing_is_stored(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar)
+    assert reply.authorization_url is not None
+    code, _ = oauth_provider.consent(reply.authorization_url)
+
+    for params in ({"code": code, "state": "made-up-state"}, {"code": code}):
+        answer = await http.get(CALLBACK, params=params)
+        assert answer.status_code == 400
+        assert answer.json()["title"] == "unknown_state"
+    assert await stored(toolvault, agent, calendar) is None
+
+
+async def test_an_expired_state_is_refused_and_nothing_is_stored(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar)
+    assert reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+
+    monkeypatch.setattr(toolvault.oauth, "_clock", lambda: time.time() + 601)
+    answer = await http.get(CALLBACK, params={"code": code, "state": state})
+
+    assert answer.status_code == 400
+    assert answer.json()["title"] == "expired_state"
+    assert await stored(toolvault, agent, calendar) is None
+
+
+async def test_a_code_from_another_authorization_fails_pkce_and_nothing_is_stored(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+) -> None:
+    # Code injection: a code obtained for authorization A is replayed with B's state, so the
+    # token endpoint sees B's verifier against A's challenge.
+    agent, calendar = await connected_agent(agents)
+    first = await start(registry, agent, calendar)
+    second = await start(registry, agent, calendar)
+    assert first.authorization_url is not None and second.authorization_url is not None
+    code_a, _ = oauth_provider.consent(first.authorization_url)
+    _, state_b = oauth_provider.consent(second.authorization_url)
+
+    answer = await http.get(CALLBACK, params={"code": code_a, "state": state_b})
+
+    assert answer.status_code == 400
+    assert answer.json()["title"] == "invalid_grant"
+    assert await stored(toolvault, agent, calendar) is None
+
+
+async def test_a_denied_consent_stores_nothing(
+    agents: Agents,
+    registry: NatsClient,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar)
+    assert reply.authorization_url is not None
+    state = parse_qs(urlsplit(reply.authorization_url).query)["state"][0]
+
+    answer = await http.get(CALLBACK, params={"error": "access_denied", "state": state})
+
+    assert answer.status_code == 400
+    assert answer.json()["title"] == "authorization_denied"
+    assert await stored(toolvault, agent, calendar) is None
+
+
+async def connect(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+) -> tuple[AgentRuntimeConfig, ToolBinding]:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar)
+    assert reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+    assert (await http.get(CALLBACK, params={"code": code, "state": state})).status_code == 200
+    return agent, calendar
+
+
+async def test_concurrent_releases_of_an_expiring_token_refresh_it_once(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    nats_server: object,
+    worker: Worker,
+    nats_ops: NatsClient,
+) -> None:
+    oauth_provider.access_token_seconds = 120  # inside the 5-minute refresh margin
+    agent, calendar = await connect(agents, registry, oauth_provider, http)
+    path = tool_path(agent.org_id, calendar.agent_tool_id)
+    before = await toolvault.store.read(path)
+    assert before is not None
+    old_refresh = oauth_provider.issued_refresh_tokens[-1]
+    oauth_provider.access_token_seconds = 3600
+
+    other = Worker(worker.nats)
+    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id)
+    first, second = await asyncio.gather(
+        worker.request(grant, [calendar.agent_tool_id]),
+        other.request(grant, [calendar.agent_tool_id]),
+    )
+
+    assert oauth_provider.refresh_calls == 1
+    after = await toolvault.store.read(path)
+    assert after is not None and after.version == before.version + 1
+    secret = decode(after.value, ToolSecret)
+    assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1] != old_refresh
+    fresh = oauth_provider.issued_access_tokens[-1]
+    assert worker.open(first).credentials[0].access_token == fresh
+    assert other.open(second).credentials[0].access_token == fresh
+    events = await audit_events(nats_ops, agent.org_id, 4)
+    assert sum(isinstance(e, CredentialRefreshed) for e in events) == 1
+
+
+async def test_a_failed_refresh_says_refresh_failed_and_emits_an_event(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    worker: Worker,
+    nats_ops: NatsClient,
+) -> None:
+    oauth_provider.access_token_seconds = 60
+    agent, calendar = await connect(agents, registry, oauth_provider, http)
+    oauth_provider.fail_refresh = True  # e.g. the user revoked access at Google
+
+    reply = await worker.request(
+        sign_grant(org_id=agent.org_id, agent_id=agent.agent_id), [calendar.agent_tool_id]
+    )
+
+    assert reply.error is None
+    assert [(e.agent_tool_id, e.code) for e in reply.tool_errors] == [
+        (calendar.agent_tool_id, "refresh_failed")
+    ]
+    assert worker.open(reply).credentials == []
+    events = await audit_events(nats_ops, agent.org_id, 3)
+    failed = [e for e in events if isinstance(e, CredentialRefreshFailed)]
+    assert [(e.agent_tool_id, e.reason) for e in failed] == [
+        (calendar.agent_tool_id, "invalid_grant")
+    ]
+    released = [e for e in events if isinstance(e, CredentialsReleased)]
+    assert released and released[0].error_code == "refresh_failed"
