@@ -8,12 +8,17 @@ second gateway replica answering the same CallSid cannot create a second dispatc
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 
 import aiohttp
 from livekit import api
 
 from voiceagents.contracts.calls import CallContext, DispatchMetadata
 from voiceagents.contracts.codec import encode
+
+_TOKEN_TTL_SECONDS = 3600
+_TOKEN_RENEW_BEFORE_SECONDS = 600
 
 
 class CallRooms:
@@ -33,9 +38,30 @@ class CallRooms:
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
         )
         self._timeout = request_timeout_seconds
-        self.api = api.LiveKitAPI(url, api_key, api_secret, session=self._session, failover=False)
+        self._url = url
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self._token_expires = 0.0
+        self.api = self._client()
         self._agent_name = agent_name
         self._empty_timeout = empty_timeout_seconds
+
+    def _client(self) -> api.LiveKitAPI:
+        """A client with one pre-signed server token (room create/admin), renewed well before
+        it expires: signing a fresh token for every request costs ~0.13 ms of CPU per call."""
+        if time.monotonic() < self._token_expires - _TOKEN_RENEW_BEFORE_SECONDS:
+            return self.api
+        token = (
+            api.AccessToken(self._api_key, self._api_secret)
+            .with_ttl(timedelta(seconds=_TOKEN_TTL_SECONDS))
+            .with_grants(api.VideoGrants(room_create=True, room_admin=True, room_list=True))
+            .to_jwt()
+        )
+        self._token_expires = time.monotonic() + _TOKEN_TTL_SECONDS
+        self.api = api.LiveKitAPI.with_token(
+            token, self._url, session=self._session, failover=False
+        )
+        return self.api
 
     async def create(self, call: CallContext, grant: str) -> api.Room:
         """Create `call.room` with the call context as metadata and an explicit dispatch to the
@@ -53,13 +79,13 @@ class CallRooms:
             ],
         )
         async with asyncio.timeout(self._timeout):
-            return await self.api.room.create_room(request)
+            return await self._client().room.create_room(request)
 
     async def delete(self, room: str) -> bool:
         """Delete the room; False if it was already gone."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self.api.room.delete_room(api.DeleteRoomRequest(room=room))
+                await self._client().room.delete_room(api.DeleteRoomRequest(room=room))
         except api.TwirpError as exc:
             if exc.code == api.TwirpErrorCode.NOT_FOUND:
                 return False
