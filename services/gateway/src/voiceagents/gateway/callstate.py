@@ -6,7 +6,9 @@ The active-call count is per gateway process: with several replicas behind a loa
 replica enforces the limit on the calls it answered, so the effective limit is up to
 `replicas x max_concurrent_calls`. An exact cross-replica count would need a shared counter on
 the call path (a NATS round trip on every call); we chose local state and say so in the README.
-Entries expire after the longest call, so a lost status callback cannot leak capacity forever.
+A live call's entry expires after the longest call, so a lost status callback cannot hold
+capacity forever; a call that ended or was turned away is remembered only long enough to
+answer Twilio's retries and late callbacks the same way (memory stays bounded by the rate).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ class CallRecord:
     counted_for: str | None = None
     bridged: bool = False
     ended: bool = False
-    created_at: float = field(default_factory=time.monotonic)
+    expires_at: float = 0.0
 
 
 class CallBook:
-    def __init__(self, retention_seconds: float) -> None:
-        self._retention = retention_seconds
+    def __init__(self, live_retention_seconds: float, done_retention_seconds: float) -> None:
+        self._live_retention = live_retention_seconds
+        self._done_retention = done_retention_seconds
         self._calls: dict[str, CallRecord] = {}
         self._active: dict[str, int] = {}
 
@@ -42,7 +45,7 @@ class CallBook:
         return self._calls.get(call_sid)
 
     def open(self, call_sid: str) -> CallRecord:
-        record = CallRecord(call_sid)
+        record = CallRecord(call_sid, expires_at=time.monotonic() + self._live_retention)
         self._calls[call_sid] = record
         return record
 
@@ -55,7 +58,12 @@ class CallBook:
             record.answer.set_result("")
         record.ended = True
         self.release(record)
+        self.settle(record)
         return record
+
+    def settle(self, record: CallRecord) -> None:
+        """The call is over (ended or turned away): keep it only for retries and late callbacks."""
+        record.expires_at = min(record.expires_at, time.monotonic() + self._done_retention)
 
     def active(self, agent_id: str) -> int:
         return self._active.get(agent_id, 0)
@@ -85,9 +93,9 @@ class CallBook:
             self._active.pop(agent_id, None)
 
     def sweep(self) -> int:
-        """Forget calls older than the retention (the longest call plus a margin)."""
-        cutoff = time.monotonic() - self._retention
-        expired = [sid for sid, record in self._calls.items() if record.created_at < cutoff]
+        """Forget expired calls (freeing any capacity a lost status callback left held)."""
+        now = time.monotonic()
+        expired = [sid for sid, record in self._calls.items() if record.expires_at < now]
         for sid in expired:
             record = self._calls.pop(sid)
             self.release(record)

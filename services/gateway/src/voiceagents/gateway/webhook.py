@@ -49,6 +49,8 @@ _FINAL_STATUSES: dict[str, CallStatus] = {
     "no-answer": "no_answer",
     "canceled": "canceled",
 }
+# How long a finished or turned-away call is remembered (Twilio retries within seconds).
+_DONE_RETENTION_SECONDS = 900.0
 _LIVE_STATUSES = frozenset({"queued", "initiated", "ringing", "in-progress"})
 
 
@@ -106,7 +108,10 @@ class CallHandler:
         self._signer = signer
         self._events = events
         self._metrics = metrics
-        self.book = CallBook(retention_seconds=settings.max_call_seconds + 600)
+        self.book = CallBook(
+            live_retention_seconds=settings.max_call_seconds + 600,
+            done_retention_seconds=_DONE_RETENTION_SECONDS,
+        )
         self._action_url = settings.base_url + DIAL_ACTION_PATH
         self._background: set[asyncio.Task[None]] = set()
         self._rejections = {reason: twiml.rejection(reason) for reason in twiml.REJECTIONS}
@@ -128,11 +133,14 @@ class CallHandler:
             # Never leave a waiting duplicate hanging; it gets the apology too.
             record.answer.set_result(self._apology)
             self.book.release(record)
+            self.book.settle(record)
             if isinstance(exc, Exception):
                 log.exception("incoming call failed", call_sid=call_sid)
                 return self._apology, "error"
             raise
         record.answer.set_result(answer)
+        if not record.bridged:
+            self.book.settle(record)
         return answer, outcome
 
     async def _answer(self, record: CallRecord, params: MultiDict[str]) -> tuple[str, str]:
