@@ -40,3 +40,4 @@ go_install() { # name module version binary-name-in-GOBIN
 apt_install "postgresql-$POSTGRES_MAJOR" espeak-ng sox
 go_install nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" nats-server
 go_install livekit-server github.com/livekit/livekit-server/cmd/server "$LIVEKIT_SERVER_VERSION" server
+go_install kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION" kustomize
