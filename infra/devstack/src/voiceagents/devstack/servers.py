@@ -262,7 +262,9 @@ class NatsServer(_Server):
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
     passwords: dict[str, str] = field(
-        default_factory=lambda: {user: secrets.token_urlsafe(18) for user in NATS_USERS}
+        # Letter first, hex after: nats-server parses an env value starting with a digit or "-" as a
+        # number and refuses the config.
+        default_factory=lambda: {user: "p" + secrets.token_hex(18) for user in NATS_USERS}
     )
     config: Path = NATS_CONFIG
     _process: _Process | None = None
