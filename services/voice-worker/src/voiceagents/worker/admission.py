@@ -2,9 +2,14 @@
 
 LiveKit's default load is CPU-based and refreshed on a timer, so two jobs arriving within one
 refresh can both be accepted (livekit/agents#4884). Here the load is the exact number of calls
-accepted or running divided by MAX_CALLS, and the job request handler checks that count and
-reserves a slot in one step of the event loop (no await in between), so no burst can
-over-assign; a refused job goes back to LiveKit for another worker (`terminate=False`).
+accepted or running, and the job request handler checks that count and reserves a slot in one
+step of the event loop (no await in between), so no burst can over-assign; a refused job goes
+back to LiveKit for another worker (`terminate=False`).
+
+livekit-server offers a job only to workers whose reported load is under its target load (0.7
+by default: `affinity = max(0, target_load - load)`), so the count is reported on that scale:
+`load = calls / MAX_CALLS * target_load`. A worker with a free slot is always below the target,
+and a full worker sits exactly on it, where both the server and livekit-agents stop offering.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from voiceagents.worker.metrics import ACTIVE_CALLS, CAPACITY, REJECTED_JOBS
 
 log = structlog.get_logger("voiceagents.worker.admission")
 
-# Reported load at or above this is "full": with load = calls / MAX_CALLS, exactly MAX_CALLS.
-LOAD_THRESHOLD = 1.0
+# livekit-server's default `target_load`; a deployment that changes it sets the same here.
+DEFAULT_TARGET_LOAD = 0.7
 
 
 class Admission:
-    def __init__(self, max_calls: int) -> None:
+    def __init__(self, max_calls: int, target_load: float = DEFAULT_TARGET_LOAD) -> None:
         self.max_calls = max_calls
+        # The load at which the worker is full (also livekit-agents' `load_threshold`).
+        self.target_load = target_load
         self._server: AgentServer | None = None
         # Accepted but not yet running in a job process.
         self._reserved = 0
@@ -36,10 +43,10 @@ class Admission:
         return running + self._reserved
 
     def load(self) -> float:
-        """The load LiveKit sees: 1.0 means full."""
+        """The load LiveKit sees: `target_load` means full."""
         in_use = self.in_use()
         ACTIVE_CALLS.set(in_use)
-        return min(1.0, in_use / self.max_calls)
+        return min(in_use, self.max_calls) / self.max_calls * self.target_load
 
     async def on_request(self, request: JobRequest) -> None:
         draining = self._server is not None and self._server.draining

@@ -62,6 +62,13 @@ CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
 # The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
 # detector): no local VAD or turn-detector model is loaded.
 TURN_HANDLING: TurnHandlingOptions = {"turn_detection": "realtime_llm"}
+ROOM_OPTIONS = room_io.RoomOptions(
+    participant_kinds=CALLER_KINDS,
+    close_on_disconnect=True,
+    # A phone caller sees no captions: pacing the transcript to the audio (an STFT per frame)
+    # would only cost CPU, a call's scarcest resource.
+    text_output=room_io.TextOutputOptions(sync_transcription=False),
+)
 
 
 class CallRefused(Exception):
@@ -351,7 +358,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await session.start(
         new_agent(state),
         room=ctx.room,
-        room_options=room_io.RoomOptions(participant_kinds=CALLER_KINDS, close_on_disconnect=True),
+        room_options=ROOM_OPTIONS,
     )
     await ctx.wait_for_participant(kind=CALLER_KINDS)
     answered = time.perf_counter()

@@ -56,7 +56,9 @@ class CallEvents:
         self._js = js
         self._call = call
         self._sequence = itertools.count(1)
-        self._pending: set[asyncio.Task[None]] = set()
+        # One publisher per call, in order: a transcript line never overtakes the greeting.
+        self._queue: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self._publisher: asyncio.Task[None] | None = None
         self._on_published = on_published
         self.transcript: list[TranscriptEntry] = []
 
@@ -113,14 +115,24 @@ class CallEvents:
         self.publish(self._make(CallFailed, "failed", reason=reason, source="worker"))
 
     def publish(self, event: CallEvent) -> None:
-        task = asyncio.create_task(self._publish(event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queue.put_nowait(event)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_queued())
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait (bounded) for every event of this call to be acknowledged."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout)
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            log.error("call events not all published", left=self._queue.qsize())
+
+    async def _publish_queued(self) -> None:
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            try:
+                await self._publish(event)
+            finally:
+                self._queue.task_done()
 
     async def _publish(self, event: CallEvent) -> None:
         if self._on_published is not None:

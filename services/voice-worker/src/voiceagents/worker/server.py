@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from voiceagents.contracts import bus
 from voiceagents.contracts.calls import CALLS_STREAM
 from voiceagents.contracts.mirror import ConfigMirror
-from voiceagents.worker.admission import LOAD_THRESHOLD, Admission
+from voiceagents.worker.admission import Admission
 from voiceagents.worker.call import WorkerRuntime, entrypoint
 from voiceagents.worker.catalog import sync_catalog
 from voiceagents.worker.logs import configure_logging
@@ -85,11 +85,11 @@ async def ensure_calls_stream(js: JetStreamContext) -> None:
 
 
 def build_server(settings: Settings) -> AgentServer:
-    admission = Admission(settings.max_calls)
+    admission = Admission(settings.max_calls, settings.livekit_target_load)
     server = AgentServer(
         setup_fnc=partial(prewarm, settings=settings),
         load_fnc=admission.load,
-        load_threshold=LOAD_THRESHOLD,
+        load_threshold=admission.target_load,
         drain_timeout=settings.drain_timeout_seconds,
         num_idle_processes=settings.idle_processes,
         ws_url=settings.livekit_url or None,
@@ -98,6 +98,8 @@ def build_server(settings: Settings) -> AgentServer:
         port=settings.http_port,
         prometheus_port=settings.metrics_port or None,
         log_level=settings.log_level.upper(),
+        # Imported once in the forkserver, shared copy-on-write by every call's job process.
+        preload_modules=["voiceagents.worker.call", *settings.packages],
     )
     admission.bind(server)
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=admission.on_request)

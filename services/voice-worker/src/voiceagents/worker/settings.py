@@ -24,6 +24,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     agent_name: str = "voice-agent"
     # Concurrent calls this worker admits (exact count, reported to LiveKit as load).
     max_calls: int = 4
+    # livekit-server's `target_load` (its default): a full worker reports exactly this load.
+    livekit_target_load: float = 0.7
     # "gemini" in production; "offline" is the stand-in model (tests, benchmarks, make demo).
     model: Literal["gemini", "offline"] = "gemini"
     google_api_key: str = ""
@@ -54,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.max_calls < 1:
             raise SettingsError(f"{PREFIX}MAX_CALLS must be at least 1")
+        if not 0 < self.livekit_target_load <= 1:
+            raise SettingsError(f"{PREFIX}LIVEKIT_TARGET_LOAD must be in (0, 1]")
         if not self.agent_name:
             raise SettingsError(f"{PREFIX}AGENT_NAME must be set (explicit dispatch only)")
         if self.offline_script and not Path(self.offline_script).is_file():

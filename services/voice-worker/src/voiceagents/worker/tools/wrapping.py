@@ -33,12 +33,17 @@ def wrap_method(
     """A function tool with `method`'s signature (a bound method: `self` already gone)."""
     signature = inspect.signature(method)
     parameters = list(signature.parameters.values())
-    context_name = parameters[0].name
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) for p in parameters):
+        raise TypeError(f"{binding.function}: tool functions take named parameters only")
+    names = [p.name for p in parameters]
+    context_name = names[0]
     hints = get_type_hints(method, include_extras=True)
 
     async def tool(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        arguments = bound.arguments
+        # livekit-agents calls with the signature's own binding (positional or keyword); names
+        # are mapped by hand because `Signature.bind` would be most of this wrapper's cost.
+        arguments = dict(zip(names, args, strict=False))
+        arguments.update(kwargs)
         context = arguments.pop(context_name)
         return await runner.run(binding, context, arguments, lambda: method(context, **arguments))
 
