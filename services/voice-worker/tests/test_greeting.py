@@ -77,3 +77,52 @@ async def test_greeting_audio_is_rendered_once_per_voice_and_text(tmp_path: Any)
 
     assert renders == [("Hello", "Puck"), ("Hello", "Kore")]
     assert again.pcm == (await first.get("Hello", "Puck")).pcm
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+
+    def add_done_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def finish(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
+class _Input:
+    audio = object()  # the caller's audio is attached
+
+    def __init__(self) -> None:
+        self.enabled: list[bool] = []
+
+    def set_audio_enabled(self, enabled: bool) -> None:
+        self.enabled.append(enabled)
+
+
+class _Session:
+    """Records what `greet` asks of livekit's AgentSession."""
+
+    def __init__(self) -> None:
+        self.input = _Input()
+        self.handle = _Handle()
+        self.said: list[str] = []
+
+    def say(self, text: str, **_: Any) -> _Handle:
+        self.said.append(text)
+        return self.handle
+
+
+@pytest.mark.parametrize(("interruptible", "heard"), [(False, [False, True]), (True, [])])
+async def test_the_model_hears_the_caller_during_the_greeting_only_if_the_agent_allows_it(
+    make_config: Any, interruptible: bool, heard: list[bool]
+) -> None:
+    config = make_config(greeting_interruptible=interruptible)
+    session = _Session()
+
+    await greet(session, config, await rendered(config.greeting_text()), wait=1.0)
+    session.handle.finish()  # the greeting has been played out
+
+    assert session.said == [config.greeting_text()]
+    assert session.input.enabled == heard

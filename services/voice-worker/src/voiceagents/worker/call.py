@@ -59,6 +59,7 @@ from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 log = structlog.get_logger("voiceagents.worker.call")
 
 CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
+NATS_CONNECT_SECONDS = 2.0
 # The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
 # detector): no local VAD or turn-detector model is loaded.
 TURN_HANDLING: TurnHandlingOptions = {"turn_detection": "realtime_llm"}
@@ -293,6 +294,19 @@ def follow_transcript(session: AgentSession[Any], events: CallEvents) -> None:
     session.on("conversation_item_added", on_item)
 
 
+async def connect_nats(settings: Settings) -> Client | None:
+    """The call's NATS connection; without one the call still runs — config from memory, tools
+    that need credentials unavailable, events lost — because a caller is on the line."""
+    try:
+        return await asyncio.wait_for(
+            bus.connect(settings.nats_url, "worker", settings.nats_password, name="voice-worker"),
+            NATS_CONNECT_SECONDS,
+        )
+    except (NatsError, OSError, TimeoutError) as exc:
+        log.error("NATS unreachable; the call goes on without it", error=type(exc).__name__)
+        return None
+
+
 async def entrypoint(ctx: JobContext) -> None:
     """The job of one call (runs in a job process; `prewarm` filled its runtime)."""
     started = time.perf_counter()
@@ -305,14 +319,16 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("bad dispatch metadata")
         return
     connected = asyncio.ensure_future(ctx.connect())
-    nc = await bus.connect(settings.nats_url, "worker", settings.nats_password, name="voice-worker")
+    nc = await connect_nats(settings)
     CALL_SETUP_SECONDS.labels("nats").observe(time.perf_counter() - started)
-    js = nc.jetstream()
+    js = nc.jetstream() if nc is not None else None
+    if nc is not None:
+        connection = nc
 
-    async def close_connections(_: str) -> None:
-        await nc.drain()
+        async def close_connection(_: str) -> None:
+            await connection.drain()
 
-    ctx.add_shutdown_callback(close_connections)
+        ctx.add_shutdown_callback(close_connection)
     events = CallEvents(js, metadata.call)
     try:
         state = await prepare_call(
