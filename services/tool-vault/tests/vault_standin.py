@@ -129,6 +129,8 @@ class VaultStandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body are separate writes: without this, delayed ACKs add ~40 ms.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 return
@@ -360,3 +362,20 @@ def _envelope(
         "warnings": None,
         "auth": auth,
     }
+
+
+def main() -> None:
+    """Run the stand-in as its own process (benchmarks): print `{"url", "token"}` on one line,
+    then serve until stdin closes. The token's policy covers `<mount>/*/voiceagents/*`."""
+    import sys
+
+    with VaultStandIn() as vault:
+        token = vault.create_token(
+            [f"{vault.mount}/data/voiceagents/*", f"{vault.mount}/metadata/voiceagents/*"]
+        )
+        print(json.dumps({"url": vault.url, "token": token}), flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ new public key here, switch the gateway, drop the old key once its grants have e
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 
@@ -36,11 +37,7 @@ class GrantVerifier:
 
     def verify(self, grant: str) -> CallGrantClaims:
         """The grant's claims if the signature, audience, issuer and expiry hold."""
-        try:
-            header = jwt.get_unverified_header(grant)
-        except jwt.InvalidTokenError:
-            raise GrantRejected("grant_invalid", "the call grant is not a JWS") from None
-        key = self._keys.get(str(header.get("kid", "")))
+        key = self._keys.get(_key_id(grant))
         if key is None:
             raise GrantRejected("grant_invalid", "the call grant's signing key is unknown")
         try:
@@ -63,6 +60,27 @@ class GrantVerifier:
         if parsed.exp + _LEEWAY_SECONDS < self._clock():
             raise GrantRejected("grant_expired", "the call grant has expired")
         return parsed
+
+
+def _key_id(grant: str) -> str:
+    """The `kid` of a compact JWS header, or "" — only to pick the key; PyJWT then verifies all.
+
+    (Parsing the header here once is cheaper than PyJWT's get_unverified_header + decode.)"""
+    header, dot, _ = grant.partition(".")
+    if not dot or len(header) > 1024:
+        return ""
+    try:
+        decoded = _HEADER.decode(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except (ValueError, msgspec.DecodeError):
+        return ""
+    return decoded.kid if isinstance(decoded.kid, str) else ""
+
+
+class _Header(msgspec.Struct):
+    kid: object = None
+
+
+_HEADER = msgspec.json.Decoder(_Header)
 
 
 class Revocations:
