@@ -134,6 +134,21 @@ async def test_a_deleted_secret_is_gone_and_can_be_created_again(store: SecretSt
     assert await store.write(path, doc(a=2), cas=0) == 1
 
 
+async def test_a_release_path_read_sees_this_replicas_own_writes(store: SecretStore) -> None:
+    path = new_path()
+    assert await store.read(path, cached=True) is None
+    await store.write(path, doc(token="first"), cas=0)
+    assert (await store.read(path, cached=True)) == await store.read(path)
+    await store.write(path, doc(token="rotated"), cas=1)
+
+    read = await store.read(path, cached=True)
+
+    assert read is not None and read.version == 2
+    assert msgspec.json.decode(read.value) == {"token": "rotated"}
+    await store.delete(path)
+    assert await store.read(path, cached=True) is None
+
+
 async def test_the_store_reports_ready(store: SecretStore) -> None:
     assert await store.ready()
 

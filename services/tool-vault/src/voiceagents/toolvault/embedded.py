@@ -126,7 +126,8 @@ class EmbeddedStore:
         except (OSError, asyncpg.PostgresError, StoreError):
             return False
 
-    async def read(self, path: str) -> Versioned | None:
+    async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
+        # One indexed PostgreSQL read is cheap enough: `cached` is ignored.
         try:
             row = await self.pool.fetchrow(
                 "SELECT version, key_id, wrapped_key, nonce, ciphertext"

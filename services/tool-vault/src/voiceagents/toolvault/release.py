@@ -147,7 +147,7 @@ class ReleaseService:
             return ToolCredentials(agent_tool_id=tool_id, kind="none")
         try:
             path = tool_path(claims.org_id, tool_id)
-            stored = await self._store.read(path)
+            stored = await self._store.read(path, cached=True)
         except (StoreError, ValueError) as exc:
             log.warning("secret store read failed", agent_tool_id=tool_id, error=str(exc))
             return ReleaseError(

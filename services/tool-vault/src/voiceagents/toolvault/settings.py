@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     vault_token: str = ""
     vault_namespace: str | None = None
     vault_ca_cert: str | None = None
+    vault_cache_seconds: float = 5.0
     oauth_providers: dict[str, dict[str, Any]] = {}
     # How long a call can last (the gateway's grant lifetime): how long a revocation is kept.
     max_call_seconds: int = 3600
@@ -141,6 +142,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             token=self.vault_token,
             namespace=self.vault_namespace,
             verify=self.vault_ca_cert or True,
+            cache_seconds=self.vault_cache_seconds,
         )
 
     @classmethod

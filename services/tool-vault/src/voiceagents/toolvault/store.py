@@ -40,8 +40,11 @@ class SecretStore(Protocol):
 
     async def ready(self) -> bool: ...
 
-    async def read(self, path: str) -> Versioned | None:
-        """The current version, or None if the path has no (undeleted) value."""
+    async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
+        """The current version, or None if the path has no (undeleted) value.
+
+        `cached=True` (the release path only) lets a backend answer from a short-lived cache;
+        anything that will write with check-and-set reads uncached."""
         ...
 
     async def write(self, path: str, value: bytes, *, cas: int) -> int:
