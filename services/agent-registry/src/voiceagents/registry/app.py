@@ -46,6 +46,7 @@ log = structlog.get_logger("voiceagents.registry")
 
 MAX_BODY_BYTES = 1024 * 1024
 _NATS_RETRY_SECONDS = 1.0
+_STOP_SECONDS = 3.0
 
 
 class RequestContext:
@@ -150,7 +151,7 @@ async def _nats_work(registry: Registry) -> None:
     await nc.subscribe(
         CATALOG_SYNC_SUBJECT,
         queue="registry",
-        cb=CatalogSyncHandler(registry.pool, registry.metrics),
+        cb=CatalogSyncHandler(registry.pool, registry.metrics).handle,
     )
     log.info("connected to NATS", url=settings.nats_url)
     await asyncio.gather(
@@ -160,14 +161,14 @@ async def _nats_work(registry: Registry) -> None:
             stream=CALLS_STREAM,
             durable=CALL_LOG_DURABLE,
             subject=CALLS_SUBJECTS,
-            handle=CallLogConsumer(registry.pool, registry.metrics),
+            handle=CallLogConsumer(registry.pool, registry.metrics).handle,
         ),
         consume(
             js,
             stream=TOOLVAULT_STREAM,
             durable=AUTH_STATUS_DURABLE,
             subject=TOOLVAULT_EVENTS_SUBJECTS,
-            handle=AuthStatusConsumer(registry.pool, registry.metrics),
+            handle=AuthStatusConsumer(registry.pool, registry.metrics).handle,
         ),
     )
 
@@ -183,18 +184,32 @@ async def start_registry(settings: Settings) -> Registry:
         keys=KeyVerifier(pool, settings.auth_cache_seconds),
         metrics=metrics_,
     )
-    registry.tasks.append(asyncio.create_task(_nats_work(registry)))
+    task = asyncio.create_task(_nats_work(registry))
+    task.add_done_callback(_report_failure)
+    registry.tasks.append(task)
     return registry
 
 
+def _report_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("NATS work stopped", exc_info=task.exception())
+
+
 async def stop_registry(registry: Registry) -> None:
+    if registry.relay is not None:
+        registry.relay.close()
     for task in registry.tasks:
         task.cancel()
-    await asyncio.gather(*registry.tasks, return_exceptions=True)
+    await asyncio.wait(registry.tasks, timeout=_STOP_SECONDS)
     if registry.nats is not None:
-        with contextlib.suppress(Exception):
-            await registry.nats.drain()
-    await registry.pool.close()
+        try:
+            await asyncio.wait_for(registry.nats.drain(), _STOP_SECONDS)
+        except Exception:  # a subscription that will not drain must not hold up shutdown
+            await registry.nats.close()
+    try:
+        await asyncio.wait_for(registry.pool.close(), _STOP_SECONDS)
+    except TimeoutError:
+        registry.pool.terminate()
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

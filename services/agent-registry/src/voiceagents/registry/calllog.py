@@ -143,7 +143,7 @@ class CallLogConsumer:
         self._pool = pool
         self._metrics = metrics
 
-    async def __call__(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> None:
         try:
             event = decode_union(msg.data, calls.AnyCallEvent)
         except msgspec.DecodeError as exc:

@@ -109,7 +109,7 @@ class CatalogSyncHandler:
         self._pool = pool
         self._metrics = metrics
 
-    async def __call__(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> None:
         try:
             request = decode(msg.data, CatalogSyncRequest)
         except msgspec.DecodeError as exc:

@@ -130,7 +130,7 @@ class AuthStatusConsumer:
         self._pool = pool
         self._metrics = metrics
 
-    async def __call__(self, msg: Msg) -> None:
+    async def handle(self, msg: Msg) -> None:
         try:
             event = decode_union(msg.data, AnyToolVaultEvent)
         except msgspec.DecodeError as exc:

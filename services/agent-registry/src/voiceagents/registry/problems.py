@@ -188,8 +188,9 @@ def _validation_error(request: Request[Any, Any, Any], exc: ValidationException)
         nested = match.group(1)
         key = nested if key is None else f"{key}.{nested}" if not nested.startswith(key) else nested
         message = message[: match.start()]
-    if message.startswith("Object contains unknown field"):
-        key = message.split("`")[1] if "`" in message else key
+    if message.startswith(("Object contains unknown field", "Object missing required field")):
+        named = message.split("`")[1] if "`" in message else ""
+        key = f"{key}.{named}" if key and named and match else named or key
     if source in ("path",):
         return problem_response(
             request, HTTP_404_NOT_FOUND, "not-found", "Not found", f"{key}: {message}", field=key

@@ -51,6 +51,7 @@ class OutboxRelay:
         self._projector = projector
         self._metrics = metrics
         self._wake = asyncio.Event()
+        self._connection: asyncpg.Connection[Any] | None = None
         # Set after every pass that left nothing pending (tests and the CLI wait on it).
         self.idle = asyncio.Event()
 
@@ -70,8 +71,13 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
 
+    def close(self) -> None:
+        """Drop the lock-holding connection at once (shutdown; a waiting query ends with it)."""
+        if self._connection is not None:
+            self._connection.terminate()
+
     async def _serve(self) -> None:
-        connection = await connect_one(self._dsn)
+        self._connection = connection = await connect_one(self._dsn)
         try:
             # One relay across replicas; another one blocks here and takes over if this one goes.
             await connection.execute("SELECT pg_advisory_lock($1)", _RELAY_LOCK)
@@ -97,8 +103,8 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE_WAKE_SECONDS)
         finally:
-            with contextlib.suppress(Exception):
-                await connection.close(timeout=2)
+            self._connection = None
+            connection.terminate()
 
     def _notified(self, *_args: object) -> None:
         self._wake.set()

@@ -1,0 +1,277 @@
+"""Bad input gets a problem+json error naming the field, with the right 4xx, never a 5xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import RunningRegistry, new_number
+
+pytestmark = pytest.mark.integration
+
+HTTP_TOOL: dict[str, Any] = {
+    "name": "OrderLookup",
+    "description": "Looks up an order in the shop.",
+    "config_schema": {
+        "type": "object",
+        "properties": {"shop_domain": {"type": "string"}, "max_results": {"type": "integer"}},
+        "required": ["shop_domain"],
+    },
+    "functions": [
+        {
+            "name": "get_order",
+            "description": "Get an order by number.",
+            "method": "GET",
+            "url_template": "https://{config.shop_domain}/orders/{order_number}",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_number": {"type": "string"}},
+                "required": ["order_number"],
+            },
+        },
+        {
+            "name": "cancel_order",
+            "description": "Cancel an order.",
+            "method": "POST",
+            "url_template": "https://{config.shop_domain}/orders/{order_number}/cancel",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_number": {"type": "string"}},
+            },
+        },
+    ],
+}
+
+
+def problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:voiceagents:problem:")
+    assert body["detail"]
+    if field is not None:
+        assert body["field"] == field, body
+    return body
+
+
+async def test_an_invalid_e164_number_is_a_422_naming_phone_number(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    for bad in ("4155550100", "+0155550100", "+1415555010012345", "+1 415 555 0100"):
+        response = await registry.request(
+            "POST",
+            "/api/v1/agents",
+            json={"organization_id": org, "name": "a", "system_prompt": "b", "phone_number": bad},
+        )
+        problem(response, 422, "phone_number")
+    agent = await registry.agent(org)
+    response = await registry.request(
+        "PUT", f"/api/v1/agents/{agent['id']}", json={"transfer_number": "call me"}
+    )
+    problem(response, 422, "transfer_number")
+
+
+async def test_a_number_bound_to_another_agent_is_a_409(registry: RunningRegistry) -> None:
+    org, other_org = await registry.org(), await registry.org()
+    number = new_number()
+    await registry.agent(org, phone_number=number)
+    response = await registry.request(
+        "POST",
+        "/api/v1/agents",
+        json={
+            "organization_id": other_org,
+            "name": "b",
+            "system_prompt": "c",
+            "phone_number": number,
+        },
+    )
+    problem(response, 409, "phone_number")
+    second = await registry.agent(org)
+    moved = await registry.request(
+        "PUT", f"/api/v1/agents/{second['id']}", json={"phone_number": number}
+    )
+    problem(moved, 409, "phone_number")
+
+
+async def test_missing_or_wrong_keys_are_401(registry: RunningRegistry) -> None:
+    no_key = await registry.client.get("/api/v1/organizations")
+    problem(no_key, 401)
+    assert no_key.headers["www-authenticate"].startswith("Bearer")
+    for header in ("Bearer va_000000000000_" + "x" * 43, "Bearer nonsense", "Basic abc"):
+        response = await registry.client.get(
+            "/api/v1/organizations", headers={"Authorization": header}
+        )
+        problem(response, 401)
+    # A real key with one character changed.
+    forged = registry.admin_key[:-1] + ("A" if registry.admin_key[-1] != "A" else "B")
+    problem(await registry.request("GET", "/api/v1/organizations", key=forged), 401)
+
+
+async def test_an_org_admin_cannot_create_platform_tools_or_organizations(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    key = await registry.org_key(org)
+    problem(await registry.request("POST", "/api/v1/tools/platform", key=key, json=HTTP_TOOL), 403)
+    problem(
+        await registry.request("POST", "/api/v1/organizations", key=key, json={"name": "x"}), 403
+    )
+    platform_key = await registry.request(
+        "POST",
+        f"/api/v1/organizations/{org}/api-keys",
+        key=key,
+        json={"name": "escalate", "role": "platform_admin"},
+    )
+    problem(platform_key, 403)
+
+
+async def test_a_long_system_prompt_and_a_huge_body_are_refused(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    long_prompt = await registry.request(
+        "POST",
+        "/api/v1/agents",
+        json={"organization_id": org, "name": "a", "system_prompt": "x" * 32_769},
+    )
+    problem(long_prompt, 422, "system_prompt")
+    huge = await registry.request(
+        "POST",
+        "/api/v1/agents",
+        json={"organization_id": org, "name": "a", "system_prompt": "x" * (1024 * 1024 + 10)},
+    )
+    problem(huge, 413)
+
+
+async def test_malformed_json_is_a_400(registry: RunningRegistry) -> None:
+    for body in (b'{"name": ', b"not json", b""):
+        response = await registry.request(
+            "POST",
+            "/api/v1/agents",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        problem(response, 400)
+
+
+async def test_wrong_types_and_unknown_fields_name_the_field(registry: RunningRegistry) -> None:
+    org = await registry.org()
+    wrong_type = await registry.request(
+        "POST",
+        "/api/v1/agents",
+        json={"organization_id": org, "name": "a", "system_prompt": "b", "is_active": "yes"},
+    )
+    problem(wrong_type, 422, "is_active")
+    typo = await registry.request(
+        "POST",
+        "/api/v1/agents",
+        json={"organization_id": org, "name": "a", "system_prompt": "b", "greting": "hi"},
+    )
+    problem(typo, 422, "greting")
+    missing = await registry.request(
+        "POST", "/api/v1/agents", json={"organization_id": org, "name": "a"}
+    )
+    problem(missing, 422, "system_prompt")
+    bad_limit = await registry.request(
+        "GET", f"/api/v1/agents/organization/{org}", params={"limit": 0}
+    )
+    problem(bad_limit, 422, "limit")
+    bad_cursor = await registry.request(
+        "GET", f"/api/v1/agents/organization/{org}", params={"cursor": "???"}
+    )
+    problem(bad_cursor, 422, "cursor")
+    problem(await registry.request("GET", "/api/v1/agents/not-a-uuid"), 404)
+
+
+async def test_a_stale_version_is_refused(registry: RunningRegistry) -> None:
+    org = await registry.org()
+    agent = await registry.agent(org)
+    path = f"/api/v1/agents/{agent['id']}"
+    assert (await registry.request("PUT", path, json={"name": "v2"})).status_code == 200
+    problem(await registry.request("PUT", path, json={"name": "x", "version": 1}), 409, "version")
+    problem(
+        await registry.request("PUT", path, json={"name": "x"}, headers={"If-Match": '"1"'}),
+        412,
+        "If-Match",
+    )
+    problem(await registry.request("DELETE", path, headers={"If-Match": '"1"'}), 412, "If-Match")
+
+
+async def test_tool_definitions_and_bindings_are_validated(registry: RunningRegistry) -> None:
+    bad_schema = {**HTTP_TOOL, "config_schema": {"type": "object", "properties": {"a": 5}}}
+    body = problem(
+        await registry.request("POST", "/api/v1/tools/platform", json=bad_schema),
+        422,
+        "config_schema",
+    )
+    assert body["json_path"] == "$.config_schema.properties.a"
+    unknown_param = {
+        **HTTP_TOOL,
+        "functions": [{**HTTP_TOOL["functions"][0], "url_template": "https://x/{order_id}"}],
+    }
+    body = problem(
+        await registry.request("POST", "/api/v1/tools/platform", json=unknown_param),
+        422,
+        "functions[0].url_template",
+    )
+    assert "order_id" in body["detail"]
+    unknown_config = {
+        **HTTP_TOOL,
+        "functions": [
+            {
+                **HTTP_TOOL["functions"][0],
+                "headers_template": {"X-Token": "{config.api_token}"},
+            }
+        ],
+    }
+    problem(
+        await registry.request("POST", "/api/v1/tools/platform", json=unknown_config),
+        422,
+        "functions[0].headers_template.X-Token",
+    )
+    created = await registry.request("POST", "/api/v1/tools/platform", json=HTTP_TOOL)
+    assert created.status_code == 201, created.text
+    problem(await registry.request("POST", "/api/v1/tools/platform", json=HTTP_TOOL), 409, "name")
+
+    org = await registry.org()
+    agent = await registry.agent(org)
+    binding = {"agent_id": agent["id"], "tool_name": "OrderLookup"}
+    body = problem(
+        await registry.request(
+            "POST",
+            "/api/v1/tools/agent",
+            json={**binding, "config": {"shop_domain": "acme.example", "max_results": "ten"}},
+        ),
+        422,
+        "config",
+    )
+    assert body["json_path"] == "$.config.max_results"
+    body = problem(
+        await registry.request("POST", "/api/v1/tools/agent", json={**binding, "config": {}}),
+        422,
+        "config",
+    )
+    assert "shop_domain" in body["detail"]
+    problem(
+        await registry.request(
+            "POST",
+            "/api/v1/tools/agent",
+            json={
+                **binding,
+                "config": {"shop_domain": "acme.example"},
+                "unselected_functions": ["cancel_order", "refund_order"],
+            },
+        ),
+        422,
+        "unselected_functions[1]",
+    )
+    problem(
+        await registry.request(
+            "POST", "/api/v1/tools/agent", json={**binding, "tool_name": "NoSuchTool"}
+        ),
+        404,
+        "tool_name",
+    )
