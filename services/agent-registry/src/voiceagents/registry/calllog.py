@@ -2,7 +2,9 @@
 
 Events come from the gateway and the worker, in any order and possibly more than once. Each is
 applied once (its `event_id` is remembered in the same transaction) and every apply is an
-upsert, so a call's row is right whichever event arrives first.
+upsert, so a call's row is right whichever event arrives first. Both the gateway and the worker
+report a call's end: the gateway's duration (Twilio's, what is billed) wins, and the longest
+transcript (the worker's) is kept.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ async def apply_event(connection: Connection, event: calls.CallEvent) -> bool:
                                     ELSE ended_by END,
                     reason = COALESCE(NULLIF($4, ''), reason),
                     ended_at = COALESCE(ended_at, $5),
-                    duration_seconds = COALESCE($6, duration_seconds),
+                    duration_seconds = CASE
+                        WHEN $8::text = 'gateway' AND $6::float8 IS NOT NULL THEN $6::float8
+                        ELSE COALESCE(duration_seconds, $6::float8) END,
                     transcript = CASE
                         WHEN jsonb_array_length($7::jsonb) > jsonb_array_length(transcript)
                         THEN $7::jsonb ELSE transcript END,
@@ -112,6 +116,7 @@ async def apply_event(connection: Connection, event: calls.CallEvent) -> bool:
                 event.at,
                 event.duration_seconds,
                 msgspec.to_builtins(event.transcript),
+                event.source,
             )
         case calls.CallFailed():
             await connection.execute(
