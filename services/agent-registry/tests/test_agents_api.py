@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,30 @@ async def test_health_readiness_and_metrics(registry: RunningRegistry) -> None:
     await registry.request("GET", "/api/v1/organizations")
     metrics = await registry.client.get("/metrics")
     assert 'registry_http_requests_total{method="GET",route="/api/v1/organizations"' in metrics.text
+
+
+async def test_a_replica_serves_an_agent_changed_through_another_replica(
+    start_registry: Any,
+) -> None:
+    first: RunningRegistry = await start_registry()
+    second: RunningRegistry = await start_registry()
+    org = await first.org()
+    agent = await first.agent(org)
+    path = f"/api/v1/agents/{agent['id']}"
+    for _ in range(2):  # the second read is answered from the first replica's memory
+        assert (await first.request("GET", path)).json()["version"] == 1
+    updated = await second.request("PUT", path, json={"name": "Renamed"})
+    assert updated.json()["version"] == 2
+    for _ in range(600):  # the change notification crosses replicas within milliseconds
+        seen = (await first.request("GET", path)).json()
+        if seen["version"] == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert seen["name"] == "Renamed"
+    deleted = await second.request("DELETE", path)
+    assert deleted.status_code == 204
+    for _ in range(600):
+        if (await first.request("GET", path)).status_code == 404:
+            break
+        await asyncio.sleep(0.01)
+    assert (await first.request("GET", path)).status_code == 404

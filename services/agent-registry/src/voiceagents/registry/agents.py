@@ -224,17 +224,22 @@ async def get_agent(
     request: Request[Any, Any, Any], admin: Admin, agent_id: FromPath[str]
 ) -> Response[Agent]:
     agent_id = parse_id(agent_id, "agent")
-    row = await registry_of(request).pool.fetchrow(
-        f"""
-        SELECT {AGENT_COLUMNS} FROM agents
-        WHERE id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR organization_id = $2::uuid)
-        """,  # noqa: S608 - constant column lists, values are bound
-        agent_id,
-        admin.scope(),
-    )
-    if row is None:
+    registry = registry_of(request)
+    agent = registry.agents.get(agent_id)
+    if agent is None:
+        generation = registry.agents.generation
+        row = await registry.pool.fetchrow(
+            f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND deleted_at IS NULL",  # noqa: S608 - constant columns
+            agent_id,
+        )
+        if row is None:
+            raise NotFound(f"agent {agent_id} not found")
+        agent = agent_from_row(row)
+        registry.agents.store(agent, generation)
+    scope = admin.scope()
+    if scope is not None and agent.organization_id != scope:
         raise NotFound(f"agent {agent_id} not found")
-    return Response(agent_from_row(row), headers=_etag(row["version"]))
+    return Response(agent, headers=_etag(agent.version))
 
 
 @put("/api/v1/agents/{agent_id:str}", tags=["agents"])
@@ -292,6 +297,7 @@ async def update_agent(
             project_agents=[agent_id],
             released_numbers=released,
         )
+    registry_of(request).agents.invalidate(agent_id)
     return Response(agent_from_row(row), headers=_etag(row["version"]))
 
 
@@ -335,3 +341,4 @@ async def delete_agent(
             project_agents=[agent_id],
             released_numbers=released,
         )
+    registry_of(request).agents.invalidate(agent_id)

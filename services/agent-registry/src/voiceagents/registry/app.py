@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from voiceagents.registry.metrics import RegistryMetrics
 from voiceagents.registry.oauth import AUTH_STATUS_DURABLE, AuthStatusConsumer
 from voiceagents.registry.problems import EXCEPTION_HANDLERS
 from voiceagents.registry.projection import KvProjector
+from voiceagents.registry.readcache import AgentCache
 from voiceagents.registry.relay import OutboxRelay
 from voiceagents.registry.runtime import Registry, registry_of
 from voiceagents.registry.settings import Settings
@@ -88,8 +90,7 @@ class RequestContext:
             method = str(scope.get("method", ""))
             registry: Registry | None = getattr(scope["app"].state, "registry", None)
             if registry is not None:
-                registry.metrics.requests.labels(method, route, str(status)).inc()
-                registry.metrics.request_seconds.labels(method, route).observe(elapsed)
+                registry.metrics.observe_request(method, route, status, elapsed)
             log.info(
                 "request",
                 method=method,
@@ -182,17 +183,19 @@ async def start_registry(settings: Settings) -> Registry:
         settings=settings,
         pool=pool,
         keys=KeyVerifier(pool, settings.auth_cache_seconds),
+        agents=AgentCache(),
         metrics=metrics_,
     )
-    task = asyncio.create_task(_nats_work(registry))
-    task.add_done_callback(_report_failure)
-    registry.tasks.append(task)
+    for work in (_nats_work(registry), registry.agents.run(settings.dsn)):
+        task = asyncio.create_task(work)
+        task.add_done_callback(_report_failure)
+        registry.tasks.append(task)
     return registry
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("NATS work stopped", exc_info=task.exception())
+        log.error("background work stopped", exc_info=task.exception())
 
 
 async def stop_registry(registry: Registry) -> None:
@@ -219,6 +222,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         registry = await start_registry(settings or Settings.from_env())
         app.state.registry = registry
+        # Everything allocated so far lives as long as the process: keep it out of the
+        # collector's way so collections stay short under load.
+        gc.freeze()
         log.info("registry started")
         try:
             yield

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
@@ -12,6 +14,8 @@ _LATENCY_BUCKETS = (
 
 class RegistryMetrics:
     def __init__(self) -> None:
+        # Labelled children by (method, route, status): labels() is too slow for every request.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "registry_http_requests_total",
@@ -71,3 +75,14 @@ class RegistryMetrics:
             ["outcome"],
             registry=self.registry,
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.request_seconds.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)

@@ -21,6 +21,8 @@ from voiceagents.contracts.registry import (
 from voiceagents.registry.db import Connection
 
 NOTIFY_CHANNEL = "registry_outbox"
+# Payload: the id of an agent whose row or runtime config changed (read caches drop it).
+AGENT_CHANGED_CHANNEL = "agent_changed"
 
 
 class ReleasedNumber(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,4 +70,6 @@ async def record(
         msgspec.to_builtins(released_numbers or []),
     )
     await connection.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    for changed in project_agents or []:
+        await connection.execute("SELECT pg_notify($1, $2)", AGENT_CHANGED_CHANNEL, changed)
     return event_id

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 
 from voiceagents.registry.auth import KeyVerifier
 from voiceagents.registry.metrics import RegistryMetrics
+from voiceagents.registry.readcache import AgentCache
 from voiceagents.registry.relay import OutboxRelay
 from voiceagents.registry.settings import Settings
 
@@ -21,6 +22,7 @@ class Registry:
     settings: Settings
     pool: asyncpg.Pool[Any]
     keys: KeyVerifier
+    agents: AgentCache
     metrics: RegistryMetrics
     # Set once NATS is reached (the API serves, and writes commit, before that).
     nats: NatsClient | None = None

@@ -211,6 +211,7 @@ async def create_agent_tool(
             actor=admin.key_id,
             project_agents=[agent_id],
         )
+    registry_of(request).agents.invalidate(agent_id)
     return agent_tool_from_row(row)
 
 
@@ -294,6 +295,7 @@ async def update_agent_tool(
             actor=admin.key_id,
             project_agents=[current["agent_id"]],
         )
+    registry_of(request).agents.invalidate(current["agent_id"])
     return Response(agent_tool_from_row(row), headers={"ETag": f'"{row["version"]}"'})
 
 
@@ -320,3 +322,4 @@ async def delete_agent_tool(
             actor=admin.key_id,
             project_agents=[current["agent_id"]],
         )
+    registry_of(request).agents.invalidate(current["agent_id"])
