@@ -27,14 +27,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voiceagents.contracts import bus
 from voiceagents.contracts.calls import CALLS_STREAM, CALLS_SUBJECTS
+from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT
 from voiceagents.contracts.registry import REGISTRY_STREAM
 from voiceagents.contracts.tools import CATALOG_SYNC_SUBJECT
 from voiceagents.contracts.toolvault import TOOLVAULT_EVENTS_SUBJECTS, TOOLVAULT_STREAM
-from voiceagents.registry import agents, calls, db, oauth, organizations, tools
+from voiceagents.registry import agents, calls, db, knowledge, oauth, organizations, tools
 from voiceagents.registry.auth import KeyVerifier, authenticate
 from voiceagents.registry.calllog import CALL_LOG_DURABLE, CallLogConsumer
 from voiceagents.registry.catalog import CatalogSyncHandler
 from voiceagents.registry.consumers import consume
+from voiceagents.registry.kb_search import KnowledgeSearchHandler
 from voiceagents.registry.metrics import RegistryMetrics
 from voiceagents.registry.oauth import AUTH_STATUS_DURABLE, AuthStatusConsumer
 from voiceagents.registry.problems import EXCEPTION_HANDLERS
@@ -154,6 +156,9 @@ async def _nats_work(registry: Registry) -> None:
         queue="registry",
         cb=CatalogSyncHandler(registry.pool, registry.metrics).handle,
     )
+    await nc.subscribe(
+        KB_SEARCH_SUBJECT, queue="registry", cb=KnowledgeSearchHandler(registry.pool).handle
+    )
     log.info("connected to NATS", url=settings.nats_url)
     await asyncio.gather(
         registry.relay.run(),
@@ -251,6 +256,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             oauth.start_oauth,
             calls.list_calls,
             calls.get_call,
+            knowledge.create_article,
+            knowledge.list_articles,
+            knowledge.get_article,
+            knowledge.update_article,
+            knowledge.delete_article,
             healthz,
             readyz,
             metrics,
