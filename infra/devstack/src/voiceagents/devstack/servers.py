@@ -350,6 +350,8 @@ class LiveKitServer(_Server):
     rtc_udp_port: int = field(default_factory=free_port)
     api_key: str = "devkey"
     api_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    # LiveKit posts room/participant webhooks here, signed with api_key/api_secret.
+    webhook_urls: list[str] = field(default_factory=list)
     _process: _Process | None = None
 
     @property
@@ -384,6 +386,7 @@ class LiveKitServer(_Server):
                     f"  {self.api_key}: {self.api_secret}",
                     "logging:",
                     "  level: info",
+                    *self._webhook_config(),
                     "",
                 ]
             )
@@ -395,6 +398,16 @@ class LiveKitServer(_Server):
         self._process.start()
         _wait_until(lambda: _http_ok(self.url), "livekit-server", self._process.log_path, 30)
         return self
+
+    def _webhook_config(self) -> list[str]:
+        if not self.webhook_urls:
+            return []
+        return [
+            "webhook:",
+            f"  api_key: {self.api_key}",
+            "  urls:",
+            *(f"    - {url}" for url in self.webhook_urls),
+        ]
 
     def stop(self) -> None:
         if self._process:
