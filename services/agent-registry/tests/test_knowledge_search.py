@@ -124,7 +124,8 @@ async def test_questions_without_searchable_words_or_bad_requests_get_an_answer(
     odd_characters = await ask(worker, org, "warranty' | !( & <-> \\ :*")
     not_an_org = await ask(worker, "org-1", "warranty")
     too_many = await ask(worker, org, "warranty", limit=1000)
-    garbage = decode((await worker.request(KB_SEARCH_SUBJECT, b"{", timeout=10)).data, KbSearchReply)
+    garbage_reply = await worker.request(KB_SEARCH_SUBJECT, b"{", timeout=10)
+    garbage = decode(garbage_reply.data, KbSearchReply)
 
     assert (only_stop_words.error, only_stop_words.passages) == (None, [])
     assert odd_characters.error is None and odd_characters.passages
