@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -27,10 +28,13 @@ from voiceagents.contracts.toolvault import (
     CONNECTED_SUBJECT,
     OAUTH_START_SUBJECT,
     REFRESH_FAILED_SUBJECT,
+    SECRETS_PUT_SUBJECT,
     CredentialConnected,
     CredentialRefreshFailed,
     OAuthStartReply,
     OAuthStartRequest,
+    SecretsPutReply,
+    SecretsPutRequest,
 )
 from voiceagents.devstack.servers import NatsServer
 
@@ -329,3 +333,80 @@ async def test_oauth_starts_through_tool_vault_and_its_events_set_auth_status(
         assert "token" not in body.lower()
     finally:
         await toolvault.close()
+
+
+API_KEY_TOOL: dict[str, Any] = {**HTTP_TOOL, "name": "KeyedOrders", "auth_type": "api_key"}
+
+
+async def test_api_key_secrets_go_to_tool_vault_and_never_come_back(
+    streams: None,
+    registry: RunningRegistry,
+    nats_server: NatsServer,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    for tool in (API_KEY_TOOL, {**OAUTH_TOOL, "name": "OtherCalendar"}):
+        created = await registry.request("POST", "/api/v1/tools/platform", json=tool)
+        assert created.status_code == 201
+    org = await registry.org()
+    agent = await registry.agent(org)
+
+    async def bind(tool_name: str) -> str:
+        created = await registry.request(
+            "POST",
+            "/api/v1/tools/agent",
+            json={"agent_id": agent["id"], "tool_name": tool_name, "config": {"shop_domain": "x"}},
+        )
+        binding_id: str = created.json()["id"]
+        return binding_id
+
+    keyed, oauth_bound = await bind("KeyedOrders"), await bind("OtherCalendar")
+    planted = "sk_live_" + uuid.uuid4().hex
+    body = {"tool_name": "KeyedOrders", "secrets": {"api_token": planted}}
+    path = f"/api/v1/tools/agent/{keyed}/secrets"
+
+    assert (await registry.request("PUT", path, json=body)).status_code == 503  # no tool-vault
+
+    toolvault = await nats.connect(**nats_server.credentials("toolvault"))
+    forwarded: list[SecretsPutRequest] = []
+
+    async def answer(msg: Msg) -> None:
+        forwarded.append(decode(msg.data, SecretsPutRequest))
+        await msg.respond(encode(SecretsPutReply(version=len(forwarded))))
+
+    await toolvault.subscribe(SECRETS_PUT_SUBJECT, cb=answer)
+    try:
+        stored = await registry.request("PUT", path, json=body)
+        assert stored.status_code == 200, stored.text
+        assert stored.json() == {
+            "agent_tool_id": keyed,
+            "secret_names": ["api_token"],
+            "version": 1,
+        }
+        assert [(f.org_id, f.agent_id, f.agent_tool_id, f.secrets) for f in forwarded] == [
+            (org, agent["id"], keyed, {"api_token": planted})
+        ]
+        # Only API-key tools take secrets; another org's admin does not see the tool at all.
+        oauth_body = {**body, "tool_name": "OtherCalendar"}
+        refused = await registry.request(
+            "PUT", f"/api/v1/tools/agent/{oauth_bound}/secrets", json=oauth_body
+        )
+        assert (refused.status_code, refused.json()["field"]) == (422, "tool_name")
+        empty = await registry.request("PUT", path, json={**body, "secrets": {}})
+        assert (empty.status_code, empty.json()["field"]) == (422, "secrets")
+        outsider = await registry.org_key(await registry.org())
+        assert (await registry.request("PUT", path, key=outsider, json=body)).status_code == 404
+        assert len(forwarded) == 1
+    finally:
+        await toolvault.close()
+    logs = "".join(capfd.readouterr())
+    assert "tool secrets forwarded" in logs  # the log is there, without the value
+    assert planted not in logs
+    listed = await registry.request("GET", f"/api/v1/tools/agent/{agent['id']}")
+    assert planted not in listed.text
+    connection = await asyncpg.connect(registry.dsn)
+    try:
+        rows = await connection.fetch("SELECT * FROM agent_tools")
+        outbox_rows = await connection.fetch("SELECT * FROM outbox")
+    finally:
+        await connection.close()
+    assert planted not in repr(rows) + repr(outbox_rows)

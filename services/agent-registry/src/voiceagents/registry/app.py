@@ -31,7 +31,16 @@ from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT
 from voiceagents.contracts.registry import REGISTRY_STREAM
 from voiceagents.contracts.tools import CATALOG_SYNC_SUBJECT
 from voiceagents.contracts.toolvault import TOOLVAULT_EVENTS_SUBJECTS, TOOLVAULT_STREAM
-from voiceagents.registry import agents, calls, db, knowledge, oauth, organizations, tools
+from voiceagents.registry import (
+    agents,
+    calls,
+    db,
+    knowledge,
+    oauth,
+    organizations,
+    tool_secrets,
+    tools,
+)
 from voiceagents.registry.auth import KeyVerifier, authenticate
 from voiceagents.registry.calllog import CALL_LOG_DURABLE, CallLogConsumer
 from voiceagents.registry.catalog import CatalogSyncHandler
@@ -254,6 +263,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             tools.update_agent_tool,
             tools.delete_agent_tool,
             oauth.start_oauth,
+            tool_secrets.put_tool_secrets,
             calls.list_calls,
             calls.get_call,
             knowledge.create_article,

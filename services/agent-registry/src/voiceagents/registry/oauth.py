@@ -9,7 +9,7 @@ registry never sees a token. tool-vault's events (`TOOLVAULT` stream) then set t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -22,6 +22,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from voiceagents.contracts.codec import decode, decode_union, encode
+from voiceagents.contracts.tools import PlatformToolSpec
 from voiceagents.contracts.toolvault import (
     OAUTH_START_SUBJECT,
     AnyToolVaultEvent,
@@ -42,22 +43,18 @@ from voiceagents.registry.tools import spec_from_row
 log = structlog.get_logger("voiceagents.registry.oauth")
 
 AUTH_STATUS_DURABLE = "registry-auth-status"
-_START_TIMEOUT = 5.0
+_TOOLVAULT_TIMEOUT = 5.0
+
+ReplyT = TypeVar("ReplyT")
 
 
-@get("/api/v1/tools/auth/{tool_name:str}", tags=["tools"])
-async def start_oauth(
-    request: Request[Any, Any, Any],
-    admin: Admin,
-    tool_name: FromPath[str],
-    agent_tool_id: FromQuery[str],
-    return_url: FromQuery[str | None] = None,
-) -> Response[None]:
-    """Redirect (302) to the provider's consent page for this agent tool. 503 when tool-vault
-    cannot be reached (not the caller's mistake; try again)."""
-    registry = registry_of(request)
+async def connectable_tool(
+    request: Request[Any, Any, Any], admin: Admin, agent_tool_id: str, tool_name: str
+) -> tuple[asyncpg.Record, PlatformToolSpec]:
+    """The agent tool (in the admin's scope, of a live agent) and its tool's spec; 404 when the
+    admin may not see it, 422 when it is a binding of another tool."""
     agent_tool_id = parse_id(agent_tool_id, "agent tool", "agent_tool_id")
-    row = await registry.pool.fetchrow(
+    row = await registry_of(request).pool.fetchrow(
         """
         SELECT t.id::text, t.agent_id::text, t.organization_id::text, t.tool_name,
             t.unselected_functions, p.spec
@@ -76,7 +73,37 @@ async def start_oauth(
             f"agent tool {agent_tool_id} is a {row['tool_name']} tool, not {tool_name}",
             field="tool_name",
         )
-    spec = spec_from_row(row)
+    return row, spec_from_row(row)
+
+
+async def ask_toolvault(
+    request: Request[Any, Any, Any], subject: str, payload: bytes, reply_type: type[ReplyT]
+) -> ReplyT:
+    """One request/reply to tool-vault; 503 when it cannot be reached (not the admin's mistake;
+    try again)."""
+    nc = registry_of(request).nats
+    if nc is None or not nc.is_connected:
+        raise Unavailable("tool-vault cannot be reached (no NATS connection); try again")
+    try:
+        message = await nc.request(subject, payload, timeout=_TOOLVAULT_TIMEOUT)
+        return decode(message.data, reply_type)
+    except (NoRespondersError, NatsTimeoutError):
+        raise Unavailable("tool-vault did not answer; try again") from None
+    except msgspec.DecodeError:
+        raise Unavailable("tool-vault answered something unreadable") from None
+
+
+@get("/api/v1/tools/auth/{tool_name:str}", tags=["tools"])
+async def start_oauth(
+    request: Request[Any, Any, Any],
+    admin: Admin,
+    tool_name: FromPath[str],
+    agent_tool_id: FromQuery[str],
+    return_url: FromQuery[str | None] = None,
+) -> Response[None]:
+    """Redirect (302) to the provider's consent page for this agent tool. 503 when tool-vault
+    cannot be reached (not the caller's mistake; try again)."""
+    row, spec = await connectable_tool(request, admin, agent_tool_id, tool_name)
     if spec.auth_type != "oauth2":
         raise Invalid(
             f"{tool_name} does not use OAuth (auth_type {spec.auth_type})", field="tool_name"
@@ -93,22 +120,13 @@ async def start_oauth(
     start = OAuthStartRequest(
         org_id=row["organization_id"],
         agent_id=row["agent_id"],
-        agent_tool_id=agent_tool_id,
+        agent_tool_id=row["id"],
         tool_name=tool_name,
         provider=spec.oauth_provider or tool_name,
         scopes=scopes,
-        return_url=return_url or registry.settings.oauth_return_url,
+        return_url=return_url or registry_of(request).settings.oauth_return_url,
     )
-    nc = registry.nats
-    if nc is None or not nc.is_connected:
-        raise Unavailable("tool-vault cannot be reached (no NATS connection); try again")
-    try:
-        message = await nc.request(OAUTH_START_SUBJECT, encode(start), timeout=_START_TIMEOUT)
-        reply = decode(message.data, OAuthStartReply)
-    except (NoRespondersError, NatsTimeoutError):
-        raise Unavailable("tool-vault did not answer; try again") from None
-    except msgspec.DecodeError:
-        raise Unavailable("tool-vault answered something unreadable") from None
+    reply = await ask_toolvault(request, OAUTH_START_SUBJECT, encode(start), OAuthStartReply)
     if reply.error is not None or not reply.authorization_url:
         raise Invalid(
             f"tool-vault refused: {reply.error or 'no authorization URL'}", field="tool_name"
