@@ -186,3 +186,35 @@ async def test_a_replica_serves_an_agent_changed_through_another_replica(
             break
         await asyncio.sleep(0.01)
     assert (await first.request("GET", path)).status_code == 404
+
+
+async def test_a_revoked_key_stops_working_and_keys_are_listed_without_secrets(
+    registry: RunningRegistry,
+) -> None:
+    org, other = await registry.org(), await registry.org()
+
+    async def issue(org_id: str, name: str) -> tuple[str, str]:
+        response = await registry.request(
+            "POST", f"/api/v1/organizations/{org_id}/api-keys", json={"name": name}
+        )
+        return response.json()["id"], response.json()["key"]
+
+    (doomed_id, doomed), (_, keeper) = await issue(org, "laptop"), await issue(org, "ci")
+    _, outsider = await issue(other, "elsewhere")
+    keys_path = f"/api/v1/organizations/{org}/api-keys"
+    listed = await registry.request("GET", keys_path, key=keeper)
+    assert [(k["name"], k["revoked_at"]) for k in listed.json()] == [("laptop", None), ("ci", None)]
+    assert doomed not in listed.text and keeper not in listed.text
+
+    # Another organization's admin neither sees nor revokes these keys.
+    revoke_path = f"/api/v1/api-keys/{doomed_id}"
+    assert (await registry.request("DELETE", revoke_path, key=outsider)).status_code == 404
+    assert (await registry.request("GET", keys_path, key=outsider)).status_code == 404
+
+    assert (await registry.request("GET", "/api/v1/organizations", key=doomed)).status_code == 200
+    assert (await registry.request("DELETE", revoke_path, key=keeper)).status_code == 204
+    assert (await registry.request("GET", "/api/v1/organizations", key=doomed)).status_code == 401
+    assert (await registry.request("DELETE", revoke_path)).status_code == 204  # idempotent
+    assert (await registry.request("GET", "/api/v1/organizations", key=keeper)).status_code == 200
+    after = (await registry.request("GET", keys_path, key=keeper)).json()
+    assert [k["revoked_at"] is not None for k in after] == [True, False]

@@ -13,7 +13,9 @@ import msgspec
 REGISTRY_STREAM = "REGISTRY"
 REGISTRY_EVENTS_SUBJECTS = "registry.v1.events.>"
 
-RegistryEntity = Literal["organization", "agent", "agent_tool", "platform_tool", "knowledge"]
+RegistryEntity = Literal[
+    "organization", "agent", "agent_tool", "platform_tool", "knowledge", "api_key"
+]
 RegistryAction = Literal["created", "updated", "deleted"]
 
 

@@ -251,6 +251,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             organizations.list_organizations,
             organizations.get_organization,
             organizations.create_api_key,
+            organizations.list_api_keys,
+            organizations.revoke_api_key,
             agents.create_agent,
             agents.list_agents,
             agents.get_agent,

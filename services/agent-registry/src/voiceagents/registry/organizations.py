@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 import asyncpg
-from litestar import Request, get, post
+from litestar import Request, delete, get, post
 from litestar.params import FromPath, JSONBody
-from litestar.status_codes import HTTP_201_CREATED
+from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from voiceagents.registry import outbox
 from voiceagents.registry.auth import Admin, issue_key
@@ -16,6 +16,7 @@ from voiceagents.registry.ids import parse_id
 from voiceagents.registry.problems import Conflict, NotFound
 from voiceagents.registry.runtime import registry_of
 from voiceagents.registry.schemas import (
+    ApiKey,
     ApiKeyCreate,
     ApiKeyCreated,
     Organization,
@@ -120,3 +121,51 @@ async def create_api_key(
         organization_id=issued.organization_id,
         created_at=issued.created_at,
     )
+
+
+@get("/api/v1/organizations/{org_id:str}/api-keys", tags=["api keys"])
+async def list_api_keys(
+    request: Request[Any, Any, Any], admin: Admin, org_id: FromPath[str]
+) -> list[ApiKey]:
+    """The organization's org_admin keys, revoked ones included (names and dates only)."""
+    org_id = parse_id(org_id, "organization")
+    admin.check_org(org_id, field=None)
+    rows = await registry_of(request).pool.fetch(
+        """
+        SELECT id::text, name, role, organization_id::text, created_at, revoked_at
+        FROM api_keys WHERE organization_id = $1 ORDER BY created_at, id
+        """,
+        org_id,
+    )
+    return [ApiKey(**dict(row)) for row in rows]
+
+
+@delete("/api/v1/api-keys/{key_id:str}", status_code=HTTP_204_NO_CONTENT, tags=["api keys"])
+async def revoke_api_key(
+    request: Request[Any, Any, Any], admin: Admin, key_id: FromPath[str]
+) -> None:
+    """Revoke a key at once on this replica, within `AUTH_CACHE_SECONDS` on the others.
+    An org admin may revoke its own organization's keys; a platform admin any key."""
+    key_id = parse_id(key_id, "API key")
+    registry = registry_of(request)
+    async with registry.pool.acquire() as connection, connection.transaction():
+        row = await connection.fetchrow(
+            """
+            UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+            WHERE id = $1 AND ($2::uuid IS NULL OR organization_id = $2::uuid)
+            RETURNING organization_id::text
+            """,
+            key_id,
+            admin.scope(),
+        )
+        if row is None:
+            raise NotFound(f"API key {key_id} not found")
+        await outbox.record(
+            connection,
+            entity="api_key",
+            action="deleted",  # a revoked key is gone for good
+            entity_id=key_id,
+            org_id=row["organization_id"],
+            actor=admin.key_id,
+        )
+    registry.keys.forget()

@@ -72,6 +72,17 @@ class ApiKeyCreated(msgspec.Struct, kw_only=True):
     created_at: datetime
 
 
+class ApiKey(msgspec.Struct, kw_only=True):
+    """A key as listed: who and when, never the key or its hash."""
+
+    id: str
+    name: str
+    role: str
+    organization_id: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 # -- agents ------------------------------------------------------------------------------------
 
 
