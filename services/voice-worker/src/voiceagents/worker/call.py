@@ -129,6 +129,8 @@ class CallState:
     instructions: str
     stages_ms: dict[str, float] = field(default_factory=dict)
     filler: Phrase | None = None
+    # The call's NATS connection, None without one: tools that ask another service use it.
+    nats: Client | None = None
 
     @property
     def setup_ms(self) -> float:
@@ -237,6 +239,7 @@ async def prepare_call(
         tools=tools,
         instructions=instructions_for(config, call, datetime.now(UTC)),
         stages_ms=stages,
+        nats=nc,
     )
     stage("ready")
     return state
