@@ -132,6 +132,52 @@ async def test_only_enabled_functions_of_active_tools_reach_the_runtime_config(
     assert (await registry.request("GET", f"/api/v1/tools/agent/{agent['id']}")).json() == []
 
 
+async def test_a_changed_http_tool_reaches_every_bound_agent_and_a_bound_one_is_not_deleted(
+    registry: RunningRegistry, buckets: Buckets
+) -> None:
+    tool = {**HTTP_TOOL, "name": "Inventory"}
+    assert (await registry.request("POST", "/api/v1/tools/platform", json=tool)).status_code == 201
+    org = await registry.org()
+    agent = await registry.agent(org)
+    binding = await registry.request(
+        "POST",
+        "/api/v1/tools/agent",
+        json={"agent_id": agent["id"], "tool_name": "Inventory", "config": {"shop_domain": "a.b"}},
+    )
+    assert binding.status_code == 201, binding.text
+    path = "/api/v1/tools/platform/Inventory"
+
+    renamed = [
+        {**tool["functions"][0], "url_template": "https://{config.shop_domain}/v2/{order_number}"}
+    ]
+    changed = await registry.request("PUT", path, json={**tool, "functions": renamed})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["version"] == 2
+    await registry.settled()
+    config = await kv_agent(buckets, agent["id"])
+    assert config is not None
+    assert [f.name for f in config.tools[0].functions] == ["get_order"]
+    assert config.tools[0].functions[0].http is not None
+    assert "/v2/" in config.tools[0].functions[0].http.url_template
+
+    # A schema the existing binding's config breaks is refused, naming the binding.
+    strict = {**tool, "config_schema": {**tool["config_schema"], "required": ["api_region"]}}
+    refused = await registry.request("PUT", path, json=strict)
+    assert refused.status_code == 409
+    assert binding.json()["id"] in refused.json()["detail"]
+    org_key = await registry.org_key(org)
+    assert (await registry.request("PUT", path, key=org_key, json=tool)).status_code == 403
+    assert (await registry.request("DELETE", path, key=org_key)).status_code == 403
+
+    assert (await registry.request("DELETE", path)).status_code == 409  # still bound
+    unbound = await registry.request("DELETE", f"/api/v1/tools/agent/{binding.json()['id']}")
+    assert unbound.status_code == 204
+    assert (await registry.request("DELETE", path)).status_code == 204
+    catalog = await registry.request("GET", "/api/v1/tools/platform")
+    assert "Inventory" not in {t["name"] for t in catalog.json()}
+    assert (await registry.request("DELETE", path)).status_code == 404
+
+
 async def test_a_moved_number_leaves_its_old_key_and_follows_the_agent(
     registry: RunningRegistry, buckets: Buckets
 ) -> None:

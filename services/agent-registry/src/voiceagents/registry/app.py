@@ -260,6 +260,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             agents.delete_agent,
             tools.list_platform_tools,
             tools.create_platform_tool,
+            tools.replace_platform_tool,
+            tools.delete_platform_tool,
             tools.create_agent_tool,
             tools.list_agent_tools,
             tools.update_agent_tool,

@@ -21,7 +21,7 @@ from voiceagents.registry.agents import check_version, if_match_version, load_ag
 from voiceagents.registry.auth import Admin, Principal
 from voiceagents.registry.db import Connection
 from voiceagents.registry.ids import parse_id
-from voiceagents.registry.problems import Conflict, NotFound
+from voiceagents.registry.problems import Conflict, Invalid, NotFound
 from voiceagents.registry.runtime import registry_of
 from voiceagents.registry.schemas import (
     AgentTool,
@@ -121,6 +121,116 @@ async def create_platform_tool(
         )
     assert row is not None
     return _platform_tool(row)
+
+
+async def _http_tool_for_update(connection: Connection, name: str) -> asyncpg.Record:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT kind, version FROM platform_tools WHERE name = $1 FOR UPDATE", name
+    )
+    if row is None:
+        raise NotFound(f"platform tool {name!r} not found", field="name")
+    if row["kind"] != "http":
+        # Code tools belong to the voice workers' catalog; a worker would overwrite any edit.
+        raise Conflict(f"{name} is a code tool, changed only by deploying workers", field="name")
+    return row
+
+
+@put("/api/v1/tools/platform/{name:str}", tags=["tools"])
+async def replace_platform_tool(
+    request: Request[Any, Any, Any],
+    admin: Admin,
+    name: FromPath[str],
+    data: JSONBody[PlatformToolCreate],
+) -> PlatformTool:
+    """Replace a declarative HTTP tool's definition (platform admin). Every agent bound to it
+    gets the new definition on its next call; refused (409) while a binding's config or
+    unselected functions would not fit the new definition."""
+    admin.require_platform_admin("change platform tools")
+    if data.name != name:
+        raise Invalid(f"the body names {data.name!r}, the path {name!r}", field="name")
+    spec = http_tool_spec(data)
+    registry = registry_of(request)
+    async with registry.pool.acquire() as connection, connection.transaction():
+        current = await _http_tool_for_update(connection, name)
+        for binding in await connection.fetch(
+            """
+            SELECT id::text, config, unselected_functions FROM agent_tools
+            WHERE tool_name = $1 AND agent_id IN (SELECT id FROM agents WHERE deleted_at IS NULL)
+            """,
+            name,
+        ):
+            try:
+                check_config(spec, binding["config"])
+                check_unselected(spec, list(binding["unselected_functions"]))
+            except Invalid as exc:
+                raise Conflict(
+                    f"agent tool {binding['id']} would no longer fit: {exc.detail}",
+                    field="config_schema",
+                ) from None
+        row = await connection.fetchrow(
+            """
+            UPDATE platform_tools SET spec = $2, version = version + 1, updated_at = now()
+            WHERE name = $1 RETURNING spec, available, version, updated_at
+            """,
+            name,
+            msgspec.to_builtins(spec),
+        )
+        assert row is not None
+        bound = await connection.fetch(
+            """
+            UPDATE agents SET version = version + 1, updated_at = now()
+            WHERE deleted_at IS NULL
+              AND id IN (SELECT agent_id FROM agent_tools WHERE tool_name = $1)
+            RETURNING id::text
+            """,
+            name,
+        )
+        await outbox.record(
+            connection,
+            entity="platform_tool",
+            action="updated",
+            entity_id=name,
+            version=current["version"] + 1,
+            actor=admin.key_id,
+            project_agents=[agent["id"] for agent in bound],
+        )
+    for agent in bound:
+        registry.agents.invalidate(agent["id"])
+    return _platform_tool(row)
+
+
+@delete("/api/v1/tools/platform/{name:str}", status_code=HTTP_204_NO_CONTENT, tags=["tools"])
+async def delete_platform_tool(
+    request: Request[Any, Any, Any], admin: Admin, name: FromPath[str]
+) -> None:
+    """Delete a declarative HTTP tool (platform admin); 409 while an agent tool binds it."""
+    admin.require_platform_admin("delete platform tools")
+    async with registry_of(request).pool.acquire() as connection, connection.transaction():
+        current = await _http_tool_for_update(connection, name)
+        # Bindings of deleted agents go with the tool; live ones are the admin's to remove.
+        await connection.execute(
+            """
+            DELETE FROM agent_tools WHERE tool_name = $1
+              AND agent_id IN (SELECT id FROM agents WHERE deleted_at IS NOT NULL)
+            """,
+            name,
+        )
+        bindings = await connection.fetchval(
+            "SELECT count(*) FROM agent_tools WHERE tool_name = $1", name
+        )
+        if bindings:
+            raise Conflict(
+                f"{name} is bound to {bindings} agent tool(s); delete those first", field="name"
+            )
+        await connection.execute("DELETE FROM platform_tools WHERE name = $1", name)
+        await outbox.record(
+            connection,
+            entity="platform_tool",
+            action="deleted",
+            entity_id=name,
+            version=current["version"],
+            actor=admin.key_id,
+        )
 
 
 # -- agent tools --------------------------------------------------------------------------------
