@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import pytest
 
 from .conftest import RunningRegistry, new_number
@@ -275,3 +276,40 @@ async def test_tool_definitions_and_bindings_are_validated(registry: RunningRegi
         404,
         "tool_name",
     )
+
+    # The same checks on a change, and another organization's admin does not see the binding.
+    created = await registry.request(
+        "POST", "/api/v1/tools/agent", json={**binding, "config": {"shop_domain": "acme.example"}}
+    )
+    path = f"/api/v1/tools/agent/{created.json()['id']}"
+    body = problem(
+        await registry.request("PUT", path, json={"config": {"shop_domain": 7}}), 422, "config"
+    )
+    assert body["json_path"] == "$.config.shop_domain"
+    problem(
+        await registry.request("PUT", path, json={"unselected_functions": ["refund_order"]}),
+        422,
+        "unselected_functions[0]",
+    )
+    outsider = await registry.org_key(await registry.org())
+    problem(await registry.request("PUT", path, key=outsider, json={"is_active": False}), 404)
+    problem(await registry.request("DELETE", path, key=outsider), 404)
+    problem(await registry.request("GET", f"/api/v1/tools/agent/{agent['id']}", key=outsider), 404)
+    assert (await registry.request("GET", f"/api/v1/tools/agent/{agent['id']}")).json()[0][
+        "is_active"
+    ]
+
+
+async def test_api_keys_are_stored_hashed(registry: RunningRegistry) -> None:
+    key = await registry.org_key(await registry.org())
+    connection = await asyncpg.connect(registry.dsn)
+    try:
+        rows = await connection.fetch("SELECT * FROM api_keys")
+    finally:
+        await connection.close()
+    dump = repr([dict(row) for row in rows])
+    for issued in (key, registry.admin_key):
+        assert issued not in dump
+        secret = issued[len("va_") + 13 :]  # after "va_<12-hex prefix>_"
+        assert len(secret) >= 32
+        assert secret not in dump
