@@ -177,9 +177,7 @@ async def ready_times(nats_server: NatsServer) -> list[float]:
         started = time.perf_counter()
         dispatch = decode(metadata, DispatchMetadata)
         nc = await bus.connect(settings.nats_url, "worker", settings.nats_password)
-        state = await prepare_call(
-            runtime, dispatch, nc=nc, js=None, started=started, http=runtime.http
-        )
+        state = await prepare_call(runtime, dispatch, nc=nc, js=None, started=started)
         samples.append((time.perf_counter() - started) * 1000)
         assert not state.credentials.unavailable and len(state.tools.tools) == 3
         await nc.close()

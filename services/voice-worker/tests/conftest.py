@@ -56,6 +56,7 @@ from voiceagents.worker.offline_model import (
 from voiceagents.worker.settings import Settings
 from voiceagents.worker.speech import PhraseAudio
 from voiceagents.worker.tools.base import BaseTool
+from voiceagents.worker.tools.http import HttpToolExecutor
 
 # Test tools live in a package the worker process can import too.
 TESTS_DIR = Path(__file__).parent
@@ -113,7 +114,9 @@ def call_for(config: AgentRuntimeConfig, call_sid: str | None = None) -> CallCon
     )
 
 
-def runtime_for(config: AgentRuntimeConfig, **settings: Any) -> WorkerRuntime:
+def runtime_for(
+    config: AgentRuntimeConfig, http: HttpToolExecutor | None = None, **settings: Any
+) -> WorkerRuntime:
     mirror = ConfigMirror()
     mirror.apply_agent(config)
     return WorkerRuntime(
@@ -122,6 +125,7 @@ def runtime_for(config: AgentRuntimeConfig, **settings: Any) -> WorkerRuntime:
         tool_classes=TOOL_CLASSES,
         phrases=PhraseAudio(OfflineVoice(), None),
         scripts=ScriptBook(),
+        http=http,
     )
 
 
@@ -151,10 +155,11 @@ async def text_call() -> AsyncIterator[TextCallFactory]:
         config: AgentRuntimeConfig | None = None,
         *,
         nc: Client | None = None,
+        http: HttpToolExecutor | None = None,
         **settings: Any,
     ) -> TextCall:
         config = config or agent_config()
-        runtime = runtime_for(config, **settings)
+        runtime = runtime_for(config, http, **settings)
         published: list[CallEvent] = []
         call = call_for(config)
         state = await prepare_call(

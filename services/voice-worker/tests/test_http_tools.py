@@ -1,5 +1,6 @@
 """Declarative HTTP tools: the model gets the registry's schema as is, and one executor fills
-the request from the arguments, the agent tool's config and the call's credentials."""
+the request from the arguments, the agent tool's config and the call's credentials — through
+the SSRF guard, which only the agent tool's own allowlist opens."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import msgspec
 import pytest
 from aiohttp import web
 
 from voiceagents.contracts.agents import ToolBinding
+from voiceagents.contracts.calls import ToolInvoked
 from voiceagents.contracts.tools import HttpRequestTemplate, ToolFunctionSpec
 from voiceagents.contracts.toolvault import ToolCredentials
-from voiceagents.worker.tools.execution import ToolRunner
-from voiceagents.worker.tools.http import HttpToolExecutor, RequestRefused
+from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
+from voiceagents.worker.tools.execution import FAILED_SENTENCE, ToolRunner
+from voiceagents.worker.tools.http import HttpToolExecutor
+from voiceagents.worker.tools.ssrf import guarded_client
 from voiceagents.worker.tools.toolbox import build_call_tools
 
 pytestmark = pytest.mark.unit
@@ -55,13 +59,16 @@ async def stock_api() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-def stock_binding(base_url: str) -> ToolBinding:
+def stock_binding(base_url: str, allowlist: list[str] | None = None) -> ToolBinding:
+    config: dict[str, Any] = {"base_url": base_url, "warehouse": "north"}
+    if allowlist is not None:
+        config["network_allowlist"] = allowlist
     return ToolBinding(
         agent_tool_id="at-stock",
         tool_name="stock",
         kind="http",
         auth_type="oauth2",
-        config={"base_url": base_url, "warehouse": "north"},
+        config=config,
         functions=[
             ToolFunctionSpec(
                 name="check_stock",
@@ -83,15 +90,15 @@ async def test_an_http_function_is_a_raw_schema_tool_filled_from_arguments_confi
 ) -> None:
     base_url, seen = stock_api
     credentials = ToolCredentials(agent_tool_id="at-stock", kind="oauth2", access_token="tok-1")
-    async with httpx.AsyncClient() as client:
-        executor = HttpToolExecutor(client, _AllowLoopback())
+    async with guarded_client() as client:
         tools = build_call_tools(
-            [stock_binding(base_url)],
+            # The stand-in API is on loopback: this agent tool's allowlist opens the guard.
+            [stock_binding(base_url, allowlist=["127.0.0.1/32"])],
             {},
             {"at-stock": credentials},
             {},
             ToolRunner(report=lambda _: None),
-            executor,
+            HttpToolExecutor(client),
         )
         (tool,) = tools.tools
         assert tool.info.raw_schema == {
@@ -113,31 +120,45 @@ async def test_an_http_function_is_a_raw_schema_tool_filled_from_arguments_confi
     ]
 
 
-async def test_the_request_policy_can_refuse_a_destination(
+STOCK_SCRIPT = OfflineScript(
+    turns=[
+        ScriptTurn(
+            when="stock",
+            tool_calls=[ScriptToolCall(name="check_stock", arguments={"sku": "A1", "quantity": 1})],
+            after_tools="{result}",
+        )
+    ]
+)
+
+
+@pytest.mark.parametrize("target", ["loopback", "metadata"])
+async def test_a_declarative_tool_aimed_inside_without_an_allowlist_is_refused_and_said(
     stock_api: tuple[str, list[dict[str, Any]]],
+    text_call: Any,
+    make_config: Any,
+    target: str,
 ) -> None:
     base_url, seen = stock_api
+    if target == "metadata":
+        base_url = "http://169.254.169.254/latest/meta-data"
+    # A public API needing no key; what the guard checks is where the URL points.
+    config = make_config(tools=[msgspec.structs.replace(stock_binding(base_url), auth_type="none")])
+    async with guarded_client() as client:
+        call = await text_call(STOCK_SCRIPT, config, http=HttpToolExecutor(client))
 
-    class RefuseAll:
-        async def check(self, request: httpx.Request) -> None:
-            raise RequestRefused(str(request.url.host))
+        result = await call.session.run(user_input="Is A1 in stock?")
 
-    async with httpx.AsyncClient() as client:
-        tools = build_call_tools(
-            [stock_binding(base_url)],
-            {},
-            {},
-            {},
-            ToolRunner(report=lambda _: None),
-            HttpToolExecutor(client, RefuseAll()),
-        )
-        result = await tools.tools[0](raw_arguments={"sku": "A1"}, context=None)
-
-    assert json.loads(result)["error"] == "error"
+    spoken = [
+        e.item.text_content
+        for e in result.events
+        if e.type == "message" and e.item.role == "assistant"
+    ]
+    assert spoken == [FAILED_SENTENCE]
     assert seen == []
-
-
-class _AllowLoopback:
-    async def check(self, request: httpx.Request) -> None:
-        if request.url.host != "127.0.0.1":
-            raise RequestRefused(str(request.url.host))
+    (event,) = [e for e in call.published if isinstance(e, ToolInvoked)]
+    # Refused once, not retried, although the function is a read.
+    assert (event.function, event.outcome, event.error) == (
+        "check_stock",
+        "refused",
+        "RequestRefused",
+    )

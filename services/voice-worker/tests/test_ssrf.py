@@ -13,11 +13,11 @@ from aiohttp import web
 
 from voiceagents.contracts.tools import HttpRequestTemplate, ToolFunctionSpec
 from voiceagents.worker.tools.execution import FunctionBinding, ToolRunner
-from voiceagents.worker.tools.http import AllowAll, HttpToolExecutor, RequestRefused
+from voiceagents.worker.tools.http import HttpToolExecutor
 from voiceagents.worker.tools.ssrf import (
-    ALLOWLIST_EXTENSION,
     Allowlist,
     IPAddress,
+    RequestRefused,
     check_destination,
     guarded_client,
 )
@@ -85,19 +85,10 @@ def http_function(url: str) -> ToolFunctionSpec:
 
 
 async def run_http_tool(url: str, config: dict[str, Any]) -> Any:
-    """Run a declarative HTTP tool the way the worker does: its executor, with the guard, and
-    each request tagged with its agent tool's allowlist (what the executor has to do)."""
+    """Run a declarative HTTP tool the way the worker does: its executor on the guarded client
+    (the executor tags each request with its agent tool's allowlist)."""
     async with guarded_client(resolver=DNS) as client:
-        executor = HttpToolExecutor(client, AllowAll())
-        original_build = client.build_request
-
-        def build_with_allowlist(*args: Any, **kwargs: Any) -> httpx.Request:
-            request = original_build(*args, **kwargs)
-            request.extensions[ALLOWLIST_EXTENSION] = Allowlist.from_config(config)
-            return request
-
-        client.build_request = build_with_allowlist  # type: ignore[method-assign]
-        return await executor.execute(http_function(url), config, None, {})
+        return await HttpToolExecutor(client).execute(http_function(url), config, None, {})
 
 
 @pytest.mark.parametrize(
@@ -188,4 +179,4 @@ async def test_a_refused_request_becomes_a_sentence_for_the_caller() -> None:
 
     assert "say_to_caller" in result
     assert "169.254" not in result
-    assert reports[0].outcome == "error"
+    assert (reports[0].outcome, reports[0].error) == ("refused", "RequestRefused")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 from livekit import rtc
@@ -53,7 +52,8 @@ from voiceagents.worker.speech import Phrase, PhraseAudio
 from voiceagents.worker.tools.base import BaseTool
 from voiceagents.worker.tools.discovery import discover
 from voiceagents.worker.tools.execution import ToolInvocation, ToolRunner
-from voiceagents.worker.tools.http import AllowAll, HttpToolExecutor
+from voiceagents.worker.tools.http import HttpToolExecutor
+from voiceagents.worker.tools.ssrf import guarded_client
 from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 
 log = structlog.get_logger("voiceagents.worker.call")
@@ -85,8 +85,8 @@ class WorkerRuntime:
     tool_classes: dict[str, type[BaseTool]]
     phrases: PhraseAudio
     scripts: ScriptBook | None = None
-    # One client per process for declarative HTTP tools; built at prewarm (making its TLS
-    # context takes ~100 ms, which must not land on a call).
+    # One SSRF-guarded client per process for declarative HTTP tools; built at prewarm (making
+    # its TLS context takes ~100 ms, which must not land on a call).
     http: HttpToolExecutor | None = None
 
     @classmethod
@@ -101,7 +101,7 @@ class WorkerRuntime:
             tool_classes=discover(settings.packages),
             phrases=PhraseAudio(renderer, settings.phrase_cache),
             scripts=load_script_book(settings.offline_script) if offline else None,
-            http=HttpToolExecutor(httpx.AsyncClient(timeout=10.0), AllowAll()),
+            http=HttpToolExecutor(guarded_client()),
         )
 
     def model(self, state: CallState) -> llm.RealtimeModel:
@@ -182,7 +182,6 @@ async def prepare_call(
     nc: Client | None,
     js: JetStreamContext | None,
     started: float,
-    http: HttpToolExecutor | None = None,
     events: CallEvents | None = None,
 ) -> CallState:
     """Config, credentials and the whole tool list: everything but the model connection."""
@@ -228,7 +227,7 @@ async def prepare_call(
         credentials.credentials,
         credentials.unavailable,
         runner,
-        http,
+        runtime.http,
     )
     stage("tools")
     state = CallState(
@@ -340,7 +339,6 @@ async def entrypoint(ctx: JobContext) -> None:
             nc=nc,
             js=js,
             started=started,
-            http=runtime.http,
             events=events,
         )
     except CallRefused as exc:

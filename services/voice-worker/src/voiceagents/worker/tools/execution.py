@@ -16,6 +16,7 @@ import structlog
 from livekit.agents import RunContext
 
 from voiceagents.contracts.calls import ToolOutcome
+from voiceagents.worker.tools.ssrf import RequestRefused
 
 log = structlog.get_logger("voiceagents.worker.tools")
 
@@ -116,6 +117,8 @@ class ToolRunner:
                 except TimeoutError:
                     outcome: ToolOutcome = "timeout"
                     error = f"no result within {binding.timeout_seconds:g} s"
+                except RequestRefused:
+                    outcome, error = "refused", "RequestRefused"
                 except Exception as exc:  # any tool bug must end as a sentence, not silence
                     outcome, error = "error", type(exc).__name__
                 else:
@@ -130,6 +133,8 @@ class ToolRunner:
                     attempt=attempt + 1,
                     attempts=attempts,
                 )
+                if outcome == "refused":
+                    break  # the SSRF guard's answer does not change on a retry
             self._finish(binding, arguments, started, outcome, error)
             return failure_result(outcome, FAILED_SENTENCE)
         finally:

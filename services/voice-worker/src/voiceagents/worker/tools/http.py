@@ -5,16 +5,16 @@ A function's `HttpRequestTemplate` names placeholders: `{param}` for the model's
 the credentials tool-vault released for this call. Arguments in the URL are percent-encoded; a body
 value that is exactly one placeholder keeps the argument's JSON type.
 
-Where a request may go is decided by a `RequestPolicy` given to the executor. This module only
-ships `AllowAll` (tests, loopback demo); the SSRF guard that production needs (resolve, refuse
-private and link-local addresses, pin the resolved address) plugs in at the same seam.
+Where a request may go is decided by the client's SSRF guard (`ssrf.guarded_client`): every
+request carries its agent tool's `network_allowlist`, so an admin can open the guard for one
+internal API without opening it for every tool.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -22,26 +22,11 @@ import jsonschema
 
 from voiceagents.contracts.tools import ToolFunctionSpec
 from voiceagents.contracts.toolvault import ToolCredentials
+from voiceagents.worker.tools.ssrf import ALLOWLIST_EXTENSION, Allowlist
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 # Responses larger than this are cut before they reach the model (it reads them aloud).
 MAX_RESPONSE_CHARS = 4000
-
-
-class RequestRefused(Exception):
-    """The request policy refused the destination."""
-
-
-class RequestPolicy(Protocol):
-    async def check(self, request: httpx.Request) -> None:
-        """Raise `RequestRefused` if `request` must not be sent."""
-
-
-class AllowAll:
-    """Sends every request. Only for tests and the loopback demo."""
-
-    async def check(self, request: httpx.Request) -> None:
-        return None
 
 
 class TemplateError(ValueError):
@@ -49,11 +34,10 @@ class TemplateError(ValueError):
 
 
 class HttpToolExecutor:
-    """Runs declarative HTTP functions with one shared HTTP client."""
+    """Runs declarative HTTP functions with one shared HTTP client: `ssrf.guarded_client()`."""
 
-    def __init__(self, client: httpx.AsyncClient, policy: RequestPolicy) -> None:
+    def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
-        self._policy = policy
 
     async def execute(
         self,
@@ -79,7 +63,8 @@ class HttpToolExecutor:
             None if template.body_template is None else _fill_json(template.body_template, values)
         )
         request = self._client.build_request(template.method, url, headers=headers, json=body)
-        await self._policy.check(request)
+        # The guard reads it on this request and on every redirect it leads to.
+        request.extensions[ALLOWLIST_EXTENSION] = Allowlist.from_config(config)
         response = await self._client.send(request)
         response.raise_for_status()
         if "json" in response.headers.get("content-type", ""):

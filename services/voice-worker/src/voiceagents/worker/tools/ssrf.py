@@ -31,8 +31,6 @@ from typing import Any, Protocol
 
 import httpx
 
-from voiceagents.worker.tools.http import RequestRefused
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +77,10 @@ _METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
 )
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class RequestRefused(Exception):
+    """The guard refused the destination; the message says which and why."""
 
 
 class Resolver(Protocol):
