@@ -34,7 +34,6 @@ from voiceagents.contracts.toolvault import (
 )
 from voiceagents.devstack.servers import NatsServer
 from voiceagents.worker.call import CallState, WorkerRuntime, new_agent, new_session, prepare_call
-from voiceagents.worker.credentials import release_credentials
 from voiceagents.worker.events import CallEvents
 from voiceagents.worker.offline_model import (
     OfflineRealtimeModel,
@@ -262,14 +261,6 @@ async def start_call(worker_nc: Client) -> AsyncIterator[Any]:
             events=CallEvents(None, call, on_published=events.append),
         )
 
-        # The worker side of a mid-call renewal: ask tool-vault again with the call's grant.
-        async def renew_credentials(agent_tool_id: str) -> ToolCredentials | None:
-            again = await release_credentials(
-                worker_nc, metadata.grant, [agent_tool_id], timeout=2.0
-            )
-            return again.credentials.get(agent_tool_id)
-
-        state.renew_credentials = renew_credentials  # type: ignore[attr-defined]
         model = OfflineRealtimeModel(script=script, realtime=False)
         session = new_session(model, state)
         sessions.append(session)
@@ -399,8 +390,11 @@ async def test_an_expired_token_is_renewed_through_tool_vault_without_the_caller
     [availability] = answers(await call.say("Are you free tomorrow at 2pm?"))
 
     assert availability["available"] is True
+    # CallState.renew_credentials asked again for this one tool, with the call's own grant.
     assert len(vault.requests) == 2
     assert vault.requests[1].agent_tool_ids == [TOOL_ID]
+    assert vault.requests[1].grant == vault.requests[0].grant == call.state.grant
+    assert call.state.credentials.credentials[TOOL_ID].access_token == vault.token
     invoked = [e for e in call.events if isinstance(e, ToolInvoked)]
     assert [(e.function, e.outcome) for e in invoked] == [("check_availability", "ok")]
 

@@ -37,6 +37,7 @@ from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig
 from voiceagents.contracts.calls import CallContext, DispatchMetadata
 from voiceagents.contracts.codec import decode
 from voiceagents.contracts.mirror import ConfigMirror
+from voiceagents.contracts.toolvault import ToolCredentials
 from voiceagents.worker.credentials import CallCredentials, release_credentials
 from voiceagents.worker.events import CallEvents
 from voiceagents.worker.gemini import GeminiVoice, gemini_realtime_model
@@ -130,11 +131,27 @@ class CallState:
     stages_ms: dict[str, float] = field(default_factory=dict)
     filler: Phrase | None = None
     # The call's NATS connection, None without one: tools that ask another service use it.
-    nats: Client | None = None
+    nats: Client | None = field(default=None, repr=False)
+    # The call grant tool-vault released the credentials against; kept for a renewal.
+    grant: str = field(default="", repr=False)
+    credentials_timeout_seconds: float = 2.0
 
     @property
     def setup_ms(self) -> float:
         return self.stages_ms.get("ready", 0.0)
+
+    async def renew_credentials(self, agent_tool_id: str) -> ToolCredentials | None:
+        """Ask tool-vault again for one tool's credentials with this call's grant (it refreshes
+        an expired OAuth token); None when it cannot (revoked, refresh failed, unreachable)."""
+        if self.nats is None:
+            return None
+        again = await release_credentials(
+            self.nats, self.grant, [agent_tool_id], timeout=self.credentials_timeout_seconds
+        )
+        fresh = again.credentials.get(agent_tool_id)
+        if fresh is not None:
+            self.credentials.credentials[agent_tool_id] = fresh
+        return fresh
 
 
 def instructions_for(config: AgentRuntimeConfig, call: CallContext, today: datetime) -> str:
@@ -239,6 +256,8 @@ async def prepare_call(
         instructions=instructions_for(config, call, datetime.now(UTC)),
         stages_ms=stages,
         nats=nc,
+        grant=metadata.grant,
+        credentials_timeout_seconds=runtime.settings.credentials_timeout_seconds,
     )
     stage("ready")
     return state
