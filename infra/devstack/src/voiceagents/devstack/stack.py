@@ -11,10 +11,13 @@ take a part away in the middle of a call.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -53,9 +56,12 @@ class Service:
     ready: Callable[[Service], bool]
     ready_timeout: float = 60.0
     process: _Process | None = None
+    # Where this run's lines start in the log (a restart appends to the same file).
+    log_offset: int = 0
 
     def launch(self) -> None:
         """Start the process without waiting for it to be ready."""
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process = _Process(self.args, self.log_path, env=self.env)
         self.process.start()
 
@@ -79,14 +85,23 @@ class Service:
         self.wait_ready()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`."""
+        """SIGTERM, then SIGKILL after `timeout`; then whatever it left behind."""
         if self.process is not None:
             self.process.stop(timeout)
+            self._kill_group()
 
     def kill(self) -> None:
-        """SIGKILL: the process gets no chance to say goodbye."""
+        """SIGKILL to the process and its children (the voice worker's job processes), as when
+        a pod or machine dies: nobody gets a chance to say goodbye."""
         if self.process is not None:
+            self._kill_group()
             self.process.kill()
+
+    def _kill_group(self) -> None:
+        # Each service is started in its own session: its process group is its whole tree.
+        assert self.process is not None and self.process.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.proc.pid, signal.SIGKILL)
 
     def restart(self) -> None:
         self.stop()
@@ -97,7 +112,12 @@ class Service:
         return self.process is not None and self.process.running
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this run of the service has logged."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log()[-chars:]
@@ -179,14 +199,17 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for old in self.log_dir.glob("*.log"):
             old.unlink()
+        # Python start-up is most of the wait: run the one-shot commands while others start.
+        keygen = _spawn_module("voiceagents.gateway", "keygen")
         self.postgres = PostgresServer().start()
         self.nats = NatsServer().start()
         self.livekit = LiveKitServer().start()
         self.oauth = OAuthProviderStandIn(access_token=self.calendar_token).start()
         for database in ("registry", "toolvault"):
             self._create_database(database)
-        grant_keys = _key_value_lines(_run_module("voiceagents.gateway", "keygen"))
-        master_key = _run_module("voiceagents.toolvault", "keygen").strip()
+        grant_keys = _key_value_lines(_finish(keygen))
+        # What `python -m voiceagents.toolvault keygen` prints: 32 random bytes, base64.
+        master_key = base64.b64encode(os.urandom(32)).decode()
         self.services = {
             "registry": self._registry(),
             "toolvault": self._toolvault(grant_keys, master_key),
@@ -194,30 +217,32 @@ class Stack:
             "worker": self._worker(),
             "calendar": self._calendar(),
         }
-        # tool-vault's tables exist before it serves; the registry migrates in `serve --migrate`.
-        migrate = subprocess.run(
-            [sys.executable, "-m", "voiceagents.toolvault", "migrate"],
-            env=self.services["toolvault"].env,
-            capture_output=True,
-            text=True,
+        migrate = _spawn_module(
+            "voiceagents.toolvault", "migrate", env=self.services["toolvault"].env
         )
-        if migrate.returncode != 0:
-            raise ServerStartError(f"tool-vault migrate failed:\n{migrate.stderr[-2000:]}")
-        # The registry creates the NATS streams and buckets the others read; start it first.
+        # The registry creates the NATS streams and KV buckets the others read: it goes first.
         self.services["registry"].start()
-        for name in SERVICES[1:]:
-            self.services[name].launch()
-        for name in SERVICES[1:]:
-            self.services[name].wait_ready()
-        self.admin_key = _run_module(
+        admin_key = _spawn_module(
             "voiceagents.registry",
             "create-admin-key",
             "--name",
             "devstack",
             env=self.services["registry"].env,
-        ).strip()
+        )
+        for name in ("gateway", "worker", "calendar"):
+            self.services[name].launch()
+        _finish(migrate)  # tool-vault's tables exist before it serves
+        self.services["toolvault"].launch()
+        for name in SERVICES[1:]:
+            self.services[name].wait_ready()
+        self.admin_key = _finish(admin_key).strip()
 
     def stop(self) -> None:
+        # SIGTERM to every service at once, then wait for each: they shut down in parallel.
+        for service in self.services.values():
+            if service.running:
+                assert service.process is not None and service.process.proc is not None
+                service.process.proc.terminate()
         for name in reversed(SERVICES):
             if name in self.services:
                 self.services[name].stop()
@@ -253,7 +278,7 @@ class Stack:
 
     def connection(self) -> dict[str, object]:
         """Everything `make call` needs to place a call against this stack (has secrets)."""
-        assert self.livekit is not None
+        assert self.livekit is not None and self.nats is not None
         return {
             "gateway_url": self.gateway_url,
             "registry_url": self.registry_url,
@@ -264,6 +289,8 @@ class Stack:
             "livekit_url": self.livekit.ws_url,
             "livekit_api_key": self.livekit.api_key,
             "livekit_api_secret": self.livekit.api_secret,
+            "nats_url": self.nats.url,
+            "nats_ops_password": self.nats.passwords["ops"],
             "model": self.model,
             "log_dir": str(self.log_dir),
         }
@@ -423,15 +450,25 @@ class Stack:
         )
 
 
-def _run_module(module: str, *args: str, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True
+def _spawn_module(
+    module: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """A one-shot `python -m <module> <args>` command, started in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    if result.returncode != 0:
-        raise ServerStartError(
-            f"python -m {module} {' '.join(args)} failed:\n{result.stderr[-2000:]}"
-        )
-    return result.stdout
+
+
+def _finish(command: subprocess.Popen[str]) -> str:
+    """The command's output, once it has exited; its error output if it failed."""
+    out, err = command.communicate(timeout=120)
+    if command.returncode != 0:
+        raise ServerStartError(f"{command.args!r} failed:\n{err[-2000:]}")
+    return out
 
 
 def _key_value_lines(output: str) -> dict[str, str]:
