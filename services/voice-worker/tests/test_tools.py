@@ -10,7 +10,12 @@ import pytest
 from livekit.agents.llm.utils import build_legacy_openai_schema
 
 from voiceagents.contracts.calls import ToolInvoked
-from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
+from voiceagents.worker.offline_model import (
+    CANNOT_DO_SENTENCE,
+    OfflineScript,
+    ScriptToolCall,
+    ScriptTurn,
+)
 from voiceagents.worker.tools.execution import FAILED_SENTENCE, UNAVAILABLE_SENTENCE
 
 pytestmark = pytest.mark.unit
@@ -159,3 +164,20 @@ async def test_a_tool_without_credentials_answers_unavailable(text_call: Any) ->
 
     assert spoken(result) == [UNAVAILABLE_SENTENCE]
     assert call.state.credentials.unavailable == {"at-orders": "unavailable"}
+
+
+async def test_asked_for_a_function_it_was_not_given_the_agent_says_it_cannot(
+    text_call: Any,
+) -> None:
+    # cancel_order is unselected for this agent: the model never has it, so cannot call it.
+    script = OfflineScript(
+        turns=[turn("cancel", "cancel_order", order_id="7"), ScriptTurn(when="hello", say="Hi!")]
+    )
+    call = await text_call(script)
+
+    refused = await call.session.run(user_input="Please cancel order seven")
+    after = await call.session.run(user_input="hello?")
+
+    assert spoken(refused) == [CANNOT_DO_SENTENCE]
+    assert spoken(after) == ["Hi!"]
+    assert not [e for e in call.published if isinstance(e, ToolInvoked)]

@@ -10,7 +10,8 @@ it runs in production, without a Google key or a network:
 - it *follows a script* (`OfflineScript`): each caller turn picks the next scripted turn, or the
   turn whose keyword (`when`) appears in the caller's words (text mode, or the scripted `caller`
   line in audio mode); a turn says a sentence and/or calls tools, then answers with the tools'
-  results (`{result}`); a tool result that carries `say_to_caller` is spoken as given;
+  results (`{result}`); a tool result that carries `say_to_caller` is spoken as given; a turn
+  that needs a function the model was not given says it cannot do that, as a model would;
 - it *speaks* synthetic voiced audio at real-time pace after a configurable time-to-first-audio,
   and emits the text of what it says as the transcript.
 
@@ -42,6 +43,11 @@ SAMPLE_RATE = 24_000
 SPEECH_RMS = 400.0
 SPEECH_START_FRAMES = 3
 DEFAULT_END_OF_TURN_MS = 600.0
+
+# Said instead of calling a function that is not in the model's tool list (unselected, unbound).
+CANNOT_DO_SENTENCE = (
+    "I'm sorry, I can't do that on this call. Is there anything else I can help you with?"
+)
 
 
 class ScriptToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -292,6 +298,9 @@ class OfflineRealtimeSession(llm.RealtimeSession[Any]):
     def _turn_reply(self, turn: ScriptTurn | None) -> tuple[str, list[ScriptToolCall]]:
         if turn is None:
             return self._model.script.fallback, []
+        given = self._tools.function_tools
+        if any(call.name not in given for call in turn.tool_calls):
+            return CANNOT_DO_SENTENCE, []
         return turn.say, list(turn.tool_calls)
 
     def _after_tools(self) -> str:
