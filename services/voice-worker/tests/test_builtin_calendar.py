@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -114,6 +116,25 @@ def test_free_time_is_said_the_way_people_say_it() -> None:
         NEW_YORK,
         now,
     ) == ("between 11 am and 1:30 pm on Friday, 27 November")
+
+
+def test_the_first_phrase_of_a_call_loads_nothing_more() -> None:
+    # dateparser loads its language data on the first phrase it reads; the tool's import does
+    # that already, so a call's event loop never waits for it. A fresh process shows it.
+    probe = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "from zoneinfo import ZoneInfo\n"
+        "from voiceagents.worker.tools.builtin.google_calendar import resolve_time\n"
+        "zone = ZoneInfo('Europe/Paris')\n"
+        "before = set(sys.modules)\n"
+        "resolve_time('next friday at 3pm', zone, datetime.now(UTC))\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
 
 
 # -- calls through the worker -----------------------------------------------------------------

@@ -104,6 +104,16 @@ def resolve_time(text: str, zone: ZoneInfo, now: datetime, language: str = "en")
     return ResolvedTime(moment=moment, has_time=data.period == "time")
 
 
+def load_dateparser() -> None:
+    """Make dateparser load what it otherwise loads on the first phrase it reads: its English
+    data module and its compiled regexes (hundreds of ms of CPU that would block a call's event
+    loop). Run at import, so the worker does it once in the forkserver its job processes share."""
+    resolve_time("tomorrow at 2pm", ZoneInfo("UTC"), datetime(2026, 1, 1, tzinfo=UTC))
+
+
+load_dateparser()
+
+
 def speak_clock(moment: datetime) -> str:
     """'2 pm', '2:30 pm', 'noon', 'midnight' (`moment` already local)."""
     if moment.minute == 0 and moment.hour in (0, 12):
