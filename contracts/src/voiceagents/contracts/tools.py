@@ -56,6 +56,9 @@ class PlatformToolSpec(msgspec.Struct, frozen=True, kw_only=True):
     oauth_provider: str | None = None
     functions: list[ToolFunctionSpec] = []
     timeout_seconds: float = 10.0
+    # A system tool (end the call, transfer): every call has it, bound or not (a binding only
+    # adds config).
+    system: bool = False
 
 
 class CatalogSyncRequest(msgspec.Struct, frozen=True, kw_only=True):
