@@ -129,10 +129,10 @@ class RunningGateway:
         return number, agent
 
 
-async def run_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+async def run_gateway(settings: Settings, port: int | None = None) -> AsyncIterator[RunningGateway]:
     """Serve the gateway with uvicorn on a loopback port, on the test's own event loop."""
     app = create_app(settings)
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     )

@@ -16,7 +16,12 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.status_codes import HTTP_200_OK, HTTP_400_BAD_REQUEST, HTTP_403_FORBIDDEN
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
+    HTTP_403_FORBIDDEN,
+)
 from multidict import MultiDict
 from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,6 +29,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from voiceagents.contracts import bus
 from voiceagents.contracts.calls import CALLS_STREAM
 from voiceagents.contracts.mirror import ConfigMirror
+from voiceagents.gateway.agentloss import (
+    LIVEKIT_WEBHOOK_PATH,
+    AgentLossWatch,
+    LiveKitWebhookVerifier,
+)
 from voiceagents.gateway.events import EventPublisher
 from voiceagents.gateway.grants import GrantSigner
 from voiceagents.gateway.metrics import GatewayMetrics
@@ -57,6 +67,8 @@ class Gateway:
     rooms: CallRooms
     events: EventPublisher
     handler: CallHandler
+    livekit_webhook: LiveKitWebhookVerifier
+    agent_loss: AgentLossWatch
     sweeper: asyncio.Task[None]
 
 
@@ -152,6 +164,31 @@ async def fallback(request: Request[object, object, State]) -> Response[str | by
     return await _webhook(request, "fallback", _fallback)
 
 
+@post(LIVEKIT_WEBHOOK_PATH, status_code=HTTP_200_OK)
+async def livekit_webhook(request: Request[object, object, State]) -> Response[str | bytes]:
+    started = time.perf_counter()
+    gateway: Gateway = request.app.state.gateway
+    event = gateway.livekit_webhook.verify(
+        await request.body(), request.headers.get("authorization")
+    )
+    if event is None:
+        # Unsigned, forged, or signed for another body: nothing is looked at or changed.
+        gateway.metrics.webhook_seconds.labels("livekit", "unauthorized").observe(
+            time.perf_counter() - started
+        )
+        log.warning("livekit webhook rejected", path=request.url.path)
+        return _problem(
+            HTTP_401_UNAUTHORIZED,
+            "unauthorized",
+            "Authorization is not a valid LiveKit webhook token for this body",
+        )
+    outcome = gateway.agent_loss.receive(event)
+    gateway.metrics.webhook_seconds.labels("livekit", outcome).observe(
+        time.perf_counter() - started
+    )
+    return Response(b"", status_code=HTTP_200_OK)
+
+
 @get("/healthz", sync_to_thread=False)
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -213,6 +250,13 @@ async def start_gateway(settings: Settings) -> Gateway:
         events=events,
         metrics=metrics,
     )
+    agent_loss = AgentLossWatch(
+        rooms=rooms,
+        book=handler.book,
+        events=events,
+        metrics=metrics,
+        grace_seconds=settings.agent_lost_grace_seconds,
+    )
     return Gateway(
         settings=settings,
         metrics=metrics,
@@ -222,6 +266,10 @@ async def start_gateway(settings: Settings) -> Gateway:
         rooms=rooms,
         events=events,
         handler=handler,
+        livekit_webhook=LiveKitWebhookVerifier(
+            settings.livekit_api_key, settings.livekit_api_secret
+        ),
+        agent_loss=agent_loss,
         sweeper=asyncio.create_task(_sweep(handler, metrics)),
     )
 
@@ -229,6 +277,7 @@ async def start_gateway(settings: Settings) -> Gateway:
 async def stop_gateway(gateway: Gateway) -> None:
     gateway.sweeper.cancel()
     await gateway.handler.drain(timeout=5.0)
+    await gateway.agent_loss.drain(timeout=5.0)
     await gateway.events.drain(timeout=5.0)
     await gateway.mirror.stop()
     await gateway.rooms.aclose()
@@ -250,7 +299,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await stop_gateway(gateway)
 
     return Litestar(
-        route_handlers=[incoming, status, dial_action, fallback, healthz, readyz, metrics],
+        route_handlers=[
+            incoming,
+            status,
+            dial_action,
+            fallback,
+            livekit_webhook,
+            healthz,
+            readyz,
+            metrics,
+        ],
         lifespan=[lifespan],
         openapi_config=None,
     )

@@ -48,6 +48,11 @@ class GatewayMetrics:
             "Calls this gateway bridged that have not ended",
             registry=self.registry,
         )
+        self.agents_lost = Counter(
+            "gateway_agents_lost_total",
+            "Calls failed because their voice agent left mid-call (LiveKit webhook)",
+            registry=self.registry,
+        )
         self.events_published = Counter(
             "gateway_call_events_published_total",
             "Call events acknowledged by JetStream, by kind",

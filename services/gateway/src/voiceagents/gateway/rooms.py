@@ -43,6 +43,11 @@ class CallRooms:
         self._api_secret = api_secret
         self._token_expires = 0.0
         self.api = self._client()
+        # Per-room admin requests (ListParticipants needs a token for that one room) are rare:
+        # this client signs a token per request.
+        self._per_room = api.LiveKitAPI(
+            url, api_key, api_secret, session=self._session, failover=False
+        )
         self._agent_name = agent_name
         self._empty_timeout = empty_timeout_seconds
 
@@ -92,6 +97,20 @@ class CallRooms:
             raise
         return True
 
+    async def participants(self, room: str) -> list[api.ParticipantInfo] | None:
+        """Who is in the room now; None if the room is gone."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await self._per_room.room.list_participants(
+                    api.ListParticipantsRequest(room=room)
+                )
+        except api.TwirpError as exc:
+            if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                return None
+            raise
+        return list(response.participants)
+
     async def aclose(self) -> None:
         await self.api.aclose()
+        await self._per_room.aclose()
         await self._session.close()

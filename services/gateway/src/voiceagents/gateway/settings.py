@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_call_seconds: int = 3600
     # A room nobody joins closes after this long (the SIP leg never arrived).
     room_empty_timeout_seconds: int = 60
+    # After a voice agent leaves a call room, how long before the gateway checks whether it was
+    # a normal end or the caller was left alone (LiveKit webhook).
+    agent_lost_grace_seconds: float = 3.0
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
@@ -64,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}GRANT_KEY_ID must be set")
         if self.livekit_budget_seconds <= 0:
             raise SettingsError(f"{PREFIX}LIVEKIT_BUDGET_SECONDS must be positive")
+        if self.agent_lost_grace_seconds < 0:
+            raise SettingsError(f"{PREFIX}AGENT_LOST_GRACE_SECONDS must not be negative")
         if self.max_call_seconds <= 0:
             raise SettingsError(f"{PREFIX}MAX_CALL_SECONDS must be positive")
         if not self.dev_mode:
