@@ -1,10 +1,13 @@
 """`registry.v1.kb.search`: voice workers ask for the passages that best answer a caller.
 
-PostgreSQL full-text search over `kb_passages` (one GIN index on organization + words): the
-question's words are stemmed (English) and OR-ed, so a passage needs only some of them to be
-found; `ts_rank` orders passages by how many distinct words they hold and how often, a word in
-the article's title or section heading weighing most. Only the requesting call's organization
-is searched (and, when the agent's tool names some, only those collections).
+PostgreSQL full-text search over `kb_passages` (one GIN index on organization + words). The
+question's words are stemmed (English, function words dropped). Passages holding every word
+are the answer when there are any: the index intersects the words' lists, so this is cheap
+however common each word is. Only when none holds them all do passages holding any of the
+words compete (a caller's question often has a word no article uses). `ts_rank` orders them by
+how many distinct words they hold and how often, a word in the article's title or section
+heading weighing most. Only the requesting call's organization is searched (and, when the
+agent's tool names some, only those collections).
 
 Each request is answered in its own task: a subscription's callbacks run one after another,
 and one slow query must not hold up the other calls' questions.
@@ -30,15 +33,31 @@ MAX_QUERY_CHARS = 500
 MAX_PASSAGES = 10
 
 _SEARCH = """
-SELECT article_id::text, title, text, ts_rank(search, query, 1) AS score
-FROM kb_passages,
-     -- plainto_tsquery ANDs the words; its text form quotes every lexeme, so turning each
-     -- ' & ' into ' | ' ORs them without re-parsing the question.
-     (SELECT replace(plainto_tsquery('english', $2)::text, ' & ', ' | ')::tsquery AS query) q
-WHERE organization_id = $1::uuid AND search @@ query
-  AND (cardinality($3::text[]) = 0 OR collection = ANY($3::text[]))
-ORDER BY score DESC, article_id, position
-LIMIT $4
+WITH q AS (
+    SELECT plainto_tsquery('english', $2) AS every_word,
+           -- plainto_tsquery's text form quotes every lexeme: turning each ' & ' into ' | '
+           -- ORs the same words without parsing the question again.
+           replace(plainto_tsquery('english', $2)::text, ' & ', ' | ')::tsquery AS any_word
+),
+every AS (
+    SELECT article_id, position, title, text, ts_rank(search, any_word, 1) AS score
+    FROM kb_passages, q
+    WHERE organization_id = $1::uuid AND search @@ every_word
+      AND (cardinality($3::text[]) = 0 OR collection = ANY($3::text[]))
+    ORDER BY score DESC, article_id, position
+    LIMIT $4
+)
+SELECT article_id::text, title, text, score FROM every
+UNION ALL
+(
+    SELECT article_id::text, title, text, ts_rank(search, any_word, 1) AS score
+    FROM kb_passages, q
+    WHERE NOT EXISTS (SELECT FROM every)
+      AND organization_id = $1::uuid AND search @@ any_word
+      AND (cardinality($3::text[]) = 0 OR collection = ANY($3::text[]))
+    ORDER BY score DESC, article_id, position
+    LIMIT $4
+)
 """
 
 
