@@ -12,6 +12,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -33,8 +34,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from voiceagents.contracts import bus
-from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig
-from voiceagents.contracts.calls import CallContext, DispatchMetadata
+from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig, ToolBinding
+from voiceagents.contracts.calls import CallContext, DispatchMetadata, EndedBy
 from voiceagents.contracts.codec import decode
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.contracts.toolvault import ToolCredentials
@@ -55,6 +56,7 @@ from voiceagents.worker.tools.discovery import discover
 from voiceagents.worker.tools.execution import ToolInvocation, ToolRunner
 from voiceagents.worker.tools.http import HttpToolExecutor
 from voiceagents.worker.tools.ssrf import guarded_client
+from voiceagents.worker.tools.system import END_CALL_FUNCTION, system_bindings, with_system_tools
 from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 
 log = structlog.get_logger("voiceagents.worker.call")
@@ -90,13 +92,18 @@ class WorkerRuntime:
     # its TLS context takes ~100 ms, which must not land on a call).
     http: HttpToolExecutor | None = None
 
+    @cached_property
+    def system_bindings(self) -> list[ToolBinding]:
+        """The system tools every call gets (end call, transfer), built once per process."""
+        return system_bindings(self.tool_classes, self.settings)
+
     @classmethod
     def create(cls, settings: Settings, mirror: ConfigMirror) -> WorkerRuntime:
         offline = settings.model == "offline"
         renderer = (
             OfflineVoice() if offline else GeminiVoice(api_key=settings.google_api_key or None)
         )
-        return cls(
+        runtime = cls(
             settings=settings,
             mirror=mirror,
             tool_classes=discover(settings.packages),
@@ -104,6 +111,8 @@ class WorkerRuntime:
             scripts=load_script_book(settings.offline_script) if offline else None,
             http=HttpToolExecutor(guarded_client()),
         )
+        runtime.system_bindings  # noqa: B018 - built now, at prewarm, not on the first call
+        return runtime
 
     def model(self, state: CallState) -> llm.RealtimeModel:
         config = state.config
@@ -135,6 +144,8 @@ class CallState:
     # The call grant tool-vault released the credentials against; kept for a renewal.
     grant: str = field(default="", repr=False)
     credentials_timeout_seconds: float = 2.0
+    # Set when the agent ended the call (`end_call`), with the reason it gave.
+    ended_by_agent: str | None = None
 
     @property
     def setup_ms(self) -> float:
@@ -229,6 +240,8 @@ async def prepare_call(
     def report(invocation: ToolInvocation) -> None:
         TOOL_CALLS.labels(invocation.outcome).inc()
         events.tool_invoked(invocation)
+        if invocation.binding.function == END_CALL_FUNCTION and invocation.outcome == "ok":
+            state.ended_by_agent = str(invocation.arguments.get("reason") or END_CALL_FUNCTION)
 
     def filler(context: RunContext[Any]) -> None:
         phrase = state.filler
@@ -238,10 +251,13 @@ async def prepare_call(
     runner = ToolRunner(
         report=report, filler=filler, filler_after_seconds=runtime.settings.filler_after_seconds
     )
+    bindings, worker_credentials = with_system_tools(
+        config.tools, runtime.system_bindings, runtime.settings
+    )
     tools = build_call_tools(
-        config.tools,
+        bindings,
         runtime.tool_classes,
-        credentials.credentials,
+        {**credentials.credentials, **worker_credentials},
         credentials.unavailable,
         runner,
         runtime.http,
@@ -401,10 +417,11 @@ async def entrypoint(ctx: JobContext) -> None:
     await greet(session, config, greeting, settings.greeting_render_seconds)
     close = await closed
     caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
-    events.ended(
-        ended_by="caller" if caller_left else "system",
-        reason=close.reason.value,
-        duration_seconds=time.perf_counter() - answered,
-    )
+    if state.ended_by_agent is not None:
+        ended_by: EndedBy = "agent"
+        reason = state.ended_by_agent
+    else:
+        ended_by, reason = ("caller" if caller_left else "system"), close.reason.value
+    events.ended(ended_by=ended_by, reason=reason, duration_seconds=time.perf_counter() - answered)
     await events.flush()
     ctx.shutdown("call ended")

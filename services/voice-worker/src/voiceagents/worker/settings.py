@@ -52,6 +52,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     livekit_api_secret: str = ""
     log_level: str = "INFO"
     dev_mode: bool = False
+    # The worker's own Twilio account: `transfer_to_human` updates the live call through Twilio's
+    # REST API with it (an API key pair, or the auth token). Without it, no call can transfer.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_api_key_sid: str = ""
+    twilio_api_key_secret: str = ""
+    # Only tests change it; an agent's config never decides where these credentials go.
+    twilio_api_base_url: str = "https://api.twilio.com"
 
     def __post_init__(self) -> None:
         if self.max_calls < 1:
@@ -68,12 +76,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         secrets["LIVEKIT_API_SECRET"] = self.livekit_api_secret
         if self.model == "gemini":
             secrets["GOOGLE_API_KEY"] = self.google_api_key
+        if self.twilio_account_sid and not self.twilio_api_key_sid:
+            secrets[f"{PREFIX}TWILIO_AUTH_TOKEN"] = self.twilio_auth_token
+        if self.twilio_api_key_sid:
+            secrets[f"{PREFIX}TWILIO_API_KEY_SECRET"] = self.twilio_api_key_secret
         for variable, value in secrets.items():
             if value.lower() in PLACEHOLDERS:
                 raise SettingsError(
                     f"{variable} is a placeholder; set a real secret "
                     f"(or {PREFIX}DEV_MODE=true on a developer machine)"
                 )
+
+    @property
+    def twilio_secrets(self) -> dict[str, str] | None:
+        """The secrets `call_control` signs Twilio requests with; None when not configured."""
+        if not self.twilio_account_sid:
+            return None
+        if self.twilio_api_key_sid and self.twilio_api_key_secret:
+            return {
+                "account_sid": self.twilio_account_sid,
+                "api_key_sid": self.twilio_api_key_sid,
+                "api_key_secret": self.twilio_api_key_secret,
+            }
+        if self.twilio_auth_token:
+            return {"account_sid": self.twilio_account_sid, "auth_token": self.twilio_auth_token}
+        return None
 
     @property
     def packages(self) -> list[str]:

@@ -78,6 +78,8 @@ class ToolMetadata:
     # Which tool-vault OAuth provider connects this tool (auth_type="oauth2").
     oauth_provider: str | None = None
     timeout_seconds: float = 10.0
+    # A system tool: the worker gives it to every call, whatever the agent has bound.
+    system: bool = False
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ def catalog(tools: dict[str, type[BaseTool]]) -> list[PlatformToolSpec]:
             oauth_provider=cls.metadata.oauth_provider,
             functions=function_specs(cls),
             timeout_seconds=cls.metadata.timeout_seconds,
+            system=cls.metadata.system,
         )
         for cls in sorted(tools.values(), key=lambda cls: cls.metadata.name)
     ]

@@ -82,6 +82,7 @@ class CallControl(BaseTool):
             },
         },
         timeout_seconds=5.0,
+        system=True,
     )
 
     # How the call ends; replaced in tests that run without a LiveKit job.
