@@ -80,6 +80,24 @@ async def test_a_question_finds_the_passage_that_answers_it(
     ]
 
 
+async def test_passages_holding_every_word_come_before_those_repeating_one(
+    registry: RunningRegistry, worker: NatsClient
+) -> None:
+    org = await registry.org()
+    kettles = "Kettle warranty: warranty claims for kettles. Warranty cards come in the box."
+    await add(registry, org, "Kettles", kettles, format="text")
+    blender = await add(
+        registry, org, "Blenders", "A blender comes with a warranty.", format="text"
+    )
+
+    reply = await ask(worker, org, "blender warranty")
+    nothing_with_both = await ask(worker, org, "kettle blender")
+
+    assert [p.article_id for p in reply.passages] == [blender]
+    # No passage holds both words: those holding either one answer.
+    assert len(nothing_with_both.passages) == 2
+
+
 async def test_another_organizations_articles_are_never_returned(
     registry: RunningRegistry, worker: NatsClient
 ) -> None:
