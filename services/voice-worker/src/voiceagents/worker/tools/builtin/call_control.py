@@ -12,14 +12,26 @@ The worker builds this tool for every call (it is not bound by admins): config
 `auth_token` (or `api_key_sid` + `api_key_secret` with `account_sid`) from the worker's own
 settings. The call (its SID and room) and the agent's `transfer_number` come from the call state
 in the session's userdata.
+
+Routing: with `routing` in the config, the model names a department and the caller goes to that
+department's number — while it is open (`hours` per weekday in the routing `timezone`; a
+department without `hours` is always open); an unknown department goes to the
+`fallback_department`. Out of hours nobody is rung: the caller hears when the team is back and
+that they will be called back, and the callback request is written through the agent's own
+`leads` tool (`after_hours: "lead"`) or `crm` tool (`"ticket"`) on this call — the tool must be
+bound to the agent; without it the caller is asked to call again. Without `routing`, every
+transfer goes to the agent's `transfer_number`, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 from livekit import api
@@ -33,6 +45,8 @@ from twilio.twiml.voice_response import VoiceResponse
 from voiceagents.contracts.calls import CallTransferred
 from voiceagents.contracts.toolvault import ToolCredentials
 from voiceagents.worker.tools.base import BaseTool, ToolMetadata, tool_function
+from voiceagents.worker.tools.builtin.crm import Crm, caller_number
+from voiceagents.worker.tools.builtin.leads import Leads
 
 log = structlog.get_logger("voiceagents.worker.tools.call_control")
 
@@ -53,6 +67,110 @@ CANNOT_TRANSFER = (
     "I'm sorry, I can't transfer you to a person on this line, but I'm happy to keep helping "
     "you myself."
 )
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+
+
+class RoutingConfigError(ValueError):
+    """The routing config is unusable; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Department:
+    name: str
+    number: str
+    # Opening hours by weekday (0 = Monday); None: always open. A day not listed is closed.
+    hours: dict[int, tuple[time, time]] | None
+
+    def is_open(self, now: datetime) -> bool:
+        if self.hours is None:
+            return True
+        span = self.hours.get(now.weekday())
+        return span is not None and span[0] <= now.time() < span[1]
+
+    def next_opening(self, now: datetime) -> datetime | None:
+        """The next time the department opens after `now` (local time), within a week."""
+        if self.hours is None:
+            return None
+        for ahead in range(8):
+            day: date = now.date() + timedelta(days=ahead)
+            span = self.hours.get(day.weekday())
+            if span is None:
+                continue
+            opens = datetime.combine(day, span[0], now.tzinfo)
+            if opens > now:
+                return opens
+        return None
+
+
+@dataclass(frozen=True)
+class Routing:
+    zone: ZoneInfo
+    departments: dict[str, Department]
+    fallback: str
+    after_hours: Literal["lead", "ticket"]
+
+    def department(self, name: str | None) -> Department:
+        return self.departments.get((name or "").strip().lower()) or self.departments[self.fallback]
+
+
+def _clock_time(text: str) -> time:
+    hour, minute = (int(part) for part in text.split(":"))
+    return time.max if hour == 24 else time(hour, minute)
+
+
+def parse_routing(config: Mapping[str, Any]) -> Routing | None:
+    """The `routing` config, checked; None when the agent has none."""
+    raw = config.get("routing")
+    if not raw:
+        return None
+    if not isinstance(raw, Mapping):
+        raise RoutingConfigError("routing: expected an object")
+    try:
+        zone = ZoneInfo(str(raw.get("timezone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RoutingConfigError("routing.timezone: not an IANA time zone") from None
+    departments: dict[str, Department] = {}
+    for name, entry in dict(raw.get("departments") or {}).items():
+        field = f"routing.departments.{name}"
+        if not isinstance(entry, Mapping) or not str(entry.get("number", "")).startswith("+"):
+            raise RoutingConfigError(f"{field}.number: expected a number like +14155550100")
+        hours: dict[int, tuple[time, time]] | None = None
+        if entry.get("hours") is not None:
+            hours = {}
+            for day, span in dict(entry["hours"]).items():
+                match = HOURS.match(str(span))
+                if day not in WEEKDAYS or match is None:
+                    raise RoutingConfigError(
+                        f"{field}.hours.{day}: expected a weekday (mon..sun) with HH:MM-HH:MM"
+                    )
+                opens, closes = (_clock_time(part) for part in str(span).split("-"))
+                if opens >= closes:
+                    raise RoutingConfigError(f"{field}.hours.{day}: closes before it opens")
+                hours[WEEKDAYS.index(day)] = (opens, closes)
+        departments[str(name).lower()] = Department(str(name).lower(), entry["number"], hours)
+    fallback = str(raw.get("fallback_department", "")).lower()
+    if fallback not in departments:
+        raise RoutingConfigError("routing.fallback_department: must be one of the departments")
+    after_hours = raw.get("after_hours", "lead")
+    if after_hours not in ("lead", "ticket"):
+        raise RoutingConfigError('routing.after_hours: expected "lead" or "ticket"')
+    return Routing(zone=zone, departments=departments, fallback=fallback, after_hours=after_hours)
+
+
+def spoken_opening(opens: datetime, now: datetime) -> str:
+    """ "today at 9 am", "tomorrow at 8:30 am", "on Monday at 9 am"."""
+    clock = f"{opens:%I}".lstrip("0") + (f":{opens:%M}" if opens.minute else "")
+    at = f"{clock} {'am' if opens.hour < 12 else 'pm'}"
+    days = (opens.date() - now.date()).days
+    day = {0: "today", 1: "tomorrow"}.get(days, f"on {opens:%A}")
+    return f"{day} at {at}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _call_state(context: RunContext[Any]) -> Any:
@@ -78,7 +196,52 @@ class CallControl(BaseTool):
                     "type": "string",
                     "description": "Twilio REST API base URL (only changed for tests).",
                     "default": TWILIO_API,
-                }
+                },
+                "routing": {
+                    "type": "object",
+                    "description": "Which number each department is on, and when.",
+                    "properties": {
+                        "timezone": {
+                            "type": "string",
+                            "description": "IANA time zone of the opening hours.",
+                            "default": "UTC",
+                        },
+                        "departments": {
+                            "type": "object",
+                            "description": "Department name (e.g. sales) → number and hours.",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "number": {"type": "string", "pattern": "^\\+[0-9]{6,15}$"},
+                                    "hours": {
+                                        "type": "object",
+                                        "description": "Weekday → HH:MM-HH:MM; a day left "
+                                        "out is closed; no hours: always open.",
+                                        "propertyNames": {"enum": list(WEEKDAYS)},
+                                        "additionalProperties": {
+                                            "type": "string",
+                                            "pattern": HOURS.pattern,
+                                        },
+                                    },
+                                },
+                                "required": ["number"],
+                            },
+                        },
+                        "fallback_department": {
+                            "type": "string",
+                            "description": "Where callers go when the department asked for "
+                            "is not in the table.",
+                        },
+                        "after_hours": {
+                            "type": "string",
+                            "enum": ["lead", "ticket"],
+                            "default": "lead",
+                            "description": "Out of hours, the callback request is a lead "
+                            "(the agent's leads tool) or a ticket (its crm tool).",
+                        },
+                    },
+                    "required": ["departments", "fallback_department"],
+                },
             },
         },
         timeout_seconds=5.0,
@@ -87,6 +250,8 @@ class CallControl(BaseTool):
 
     # How the call ends; replaced in tests that run without a LiveKit job.
     close_room: Callable[[str], Awaitable[None]] = staticmethod(delete_room)
+    # What time it is, for opening hours; replaced in tests.
+    now: Callable[[], datetime] = staticmethod(utc_now)
 
     def __init__(
         self, *, config: Mapping[str, Any], credentials: ToolCredentials | None = None
@@ -113,15 +278,37 @@ class CallControl(BaseTool):
         return GOODBYE_INSTRUCTION
 
     @tool_function()
-    async def transfer_to_human(self, context: RunContext[Any], reason: str) -> dict[str, Any]:
+    async def transfer_to_human(
+        self,
+        context: RunContext[Any],
+        reason: str,
+        department: str | None = None,
+        caller_name: str | None = None,
+    ) -> dict[str, Any]:
         """Hand the caller to a person on the team, when they ask for one or you cannot help.
+        If the team is closed, the result says so and arranges a callback instead.
 
         Args:
             reason: What the caller needs, in a few words, for the person taking over.
+            department: The team the caller needs, e.g. "sales" or "support".
+            caller_name: The caller's name, if they gave it (for a callback).
         """
         state = _call_state(context)
         call = getattr(state, "call", None)
-        number = getattr(getattr(state, "config", None), "transfer_number", None)
+        routing = parse_routing(self.config)
+        if routing is None:
+            number = getattr(getattr(state, "config", None), "transfer_number", None)
+            handoff = HANDOFF_INSTRUCTION
+        else:
+            team = routing.department(department)
+            now = self.now().astimezone(routing.zone)
+            if not team.is_open(now):
+                return await self._after_hours(context, routing, team, now, reason, caller_name)
+            number = team.number
+            handoff = (
+                f"Tell the caller in one short sentence that you are connecting them to the "
+                f"{team.name} team now, and nothing else."
+            )
         if not number or call is None:
             return {"transferred": False, "say_to_caller": CANNOT_TRANSFER}
 
@@ -143,7 +330,72 @@ class CallControl(BaseTool):
                 )
 
         self._after_next_sentence(context, transfer, "transfer_to_human")
-        return {"transferred": True, "instruction": HANDOFF_INSTRUCTION}
+        return {"transferred": True, "instruction": handoff}
+
+    async def _after_hours(
+        self,
+        context: RunContext[Any],
+        routing: Routing,
+        team: Department,
+        now: datetime,
+        reason: str,
+        caller_name: str | None,
+    ) -> dict[str, Any]:
+        """Out of hours: a callback request through the agent's leads or CRM tool."""
+        opens = team.next_opening(now)
+        closed = f"Our {team.name} team is closed right now" + (
+            f"; they're back {spoken_opening(opens, now)}." if opens else "."
+        )
+        requested = await self._request_callback(context, routing, team, reason, caller_name)
+        if requested is None:
+            return {
+                "transferred": False,
+                "callback_requested": False,
+                "say_to_caller": f"{closed} Please call again then.",
+            }
+        return {
+            "transferred": False,
+            "callback_requested": True,
+            "callback": requested,
+            "say_to_caller": f"{closed} I've asked them to call you back on the number "
+            "you're calling from. Is there anything else I can help with?",
+        }
+
+    async def _request_callback(
+        self,
+        context: RunContext[Any],
+        routing: Routing,
+        team: Department,
+        reason: str,
+        caller_name: str | None,
+    ) -> dict[str, Any] | None:
+        """The lead or ticket asking `team` to call back; None when the agent has no such tool
+        or it failed (the caller is then asked to call again)."""
+        state = _call_state(context)
+        instances = getattr(getattr(state, "tools", None), "instances", {})
+        wanted = Leads if routing.after_hours == "lead" else Crm
+        tool = next((t for t in instances.values() if isinstance(t, wanted)), None)
+        number = caller_number(context)
+        note = f"Callback requested for {team.name}: {reason}"
+        try:
+            if isinstance(tool, Leads) and number is not None:
+                lead = await tool.create_lead(
+                    context, caller_name or "Unknown caller", number, note
+                )
+                return {"lead_id": lead["lead_id"]}
+            if isinstance(tool, Crm):
+                by = f" (caller: {caller_name})" if caller_name else ""
+                ticket = await tool.create_ticket(context, f"Callback: {team.name}", note + by)
+                return {"ticket_id": ticket["ticket_id"]}
+        except Exception as exc:  # the caller still gets an answer; the error type is logged
+            log.error(
+                "callback request failed",
+                after_hours=routing.after_hours,
+                error=type(exc).__name__,
+            )
+            return None
+        log.warning("no tool for the callback request", after_hours=routing.after_hours)
+        return None
 
     async def _dial(self, call_sid: str, number: str) -> None:
         """Redirect the live Twilio call to `<Dial>number</Dial>`."""
