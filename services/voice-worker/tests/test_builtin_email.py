@@ -243,6 +243,7 @@ async def vault(nats_server: NatsServer) -> AsyncIterator[ReleasingToolVault]:
     nc = await nats.connect(**nats_server.credentials("toolvault"))
     stand_in = ReleasingToolVault()
     subscription = await nc.subscribe(RELEASE_SUBJECT, cb=stand_in.handle)
+    await nc.flush()  # subscribed on the server before any call asks
     yield stand_in
     await subscription.unsubscribe()
     await nc.close()

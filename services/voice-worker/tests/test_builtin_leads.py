@@ -56,6 +56,7 @@ async def vault(nats_server: NatsServer) -> AsyncIterator[ReleasingToolVault]:
         }
     )
     subscription = await nc.subscribe(RELEASE_SUBJECT, cb=stand_in.handle)
+    await nc.flush()  # subscribed on the server before any call asks
     yield stand_in
     await subscription.unsubscribe()
     await nc.close()

@@ -228,21 +228,20 @@ class ConfirmationEmail(BaseTool):
             SystemResolver(),
         )
         secrets = self.credentials.secrets if self.credentials else {}
-        sock = await _connect(address, port)
-        try:
-            await aiosmtplib.send(
-                message,
-                hostname=host,  # the TLS server name: the certificate must match it
-                sock=sock,
-                use_tls=implicit_tls,
-                start_tls=not implicit_tls,  # required: refuses a server without STARTTLS
-                tls_context=self._tls_context(),
-                username=secrets.get("username") or None,
-                password=secrets.get("password") or None,
-                timeout=SMTP_TIMEOUT_SECONDS,
-            )
-        finally:
-            sock.close()
+        # The connection's transport owns the socket from here and closes it, also when the
+        # TLS handshake or the login fails (closing it here too would free its file descriptor
+        # while the event loop still watches it).
+        await aiosmtplib.send(
+            message,
+            hostname=host,  # the TLS server name: the certificate must match it
+            sock=await _connect(address, port),
+            use_tls=implicit_tls,
+            start_tls=not implicit_tls,  # required: refuses a server without STARTTLS
+            tls_context=self._tls_context(),
+            username=secrets.get("username") or None,
+            password=secrets.get("password") or None,
+            timeout=SMTP_TIMEOUT_SECONDS,
+        )
 
     def _tls_context(self) -> ssl.SSLContext:
         ca = str(self.config.get("ca_certificate") or "")
