@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import jsonschema
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -16,12 +18,14 @@ from scripted_calls import ReleasingToolVault, ScriptedCall, open_call
 
 from voiceagents.contracts.agents import AgentRuntimeConfig, ToolBinding
 from voiceagents.contracts.calls import ToolInvoked
+from voiceagents.contracts.tools import PlatformToolSpec
 from voiceagents.contracts.toolvault import RELEASE_SUBJECT, ToolCredentials
 from voiceagents.devstack.servers import NatsServer
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
 from voiceagents.worker.standins.hubspot import HubSpotStandIn
 from voiceagents.worker.tools.builtin.leads import NOT_THIS_CALLS_LEAD, LeadFields, Leads
 from voiceagents.worker.tools.discovery import function_specs
+from voiceagents.worker.tools.print_catalog import catalog_json
 
 pytestmark = pytest.mark.unit
 
@@ -292,3 +296,18 @@ def test_the_functions_and_their_schemas() -> None:
     reasons = specs["qualify_lead"].parameters["properties"]["reasons"]
     assert reasons["type"] == "array"
     assert not any(spec.idempotent for spec in specs.values())
+
+
+def test_the_catalog_lists_leads_and_email_with_their_schemas() -> None:
+    tools = {t.name: t for t in msgspec.json.decode(catalog_json(), type=list[PlatformToolSpec])}
+    assert [f.name for f in tools["leads"].functions] == [
+        "create_lead",
+        "update_lead",
+        "qualify_lead",
+    ]
+    assert [f.name for f in tools["email"].functions] == ["send_confirmation_email"]
+    for name in ("leads", "email"):
+        assert tools[name].auth_type == "api_key"
+        jsonschema.Draft202012Validator.check_schema(tools[name].config_schema)
+    jsonschema.validate(leads_config("https://api.hubapi.com"), tools["leads"].config_schema)
+    assert tools["email"].config_schema["required"] == ["host", "sender"]

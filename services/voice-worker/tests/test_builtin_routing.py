@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import jsonschema
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
@@ -19,6 +21,7 @@ from scripted_calls import ReleasingToolVault, ScriptedCall, open_call
 
 from voiceagents.contracts.agents import AgentRuntimeConfig, ToolBinding
 from voiceagents.contracts.calls import CallTransferred
+from voiceagents.contracts.tools import PlatformToolSpec
 from voiceagents.contracts.toolvault import RELEASE_SUBJECT, ToolCredentials
 from voiceagents.devstack.servers import NatsServer
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
@@ -31,6 +34,7 @@ from voiceagents.worker.tools.builtin.call_control import (
 )
 from voiceagents.worker.tools.builtin.leads import Leads
 from voiceagents.worker.tools.discovery import function_specs
+from voiceagents.worker.tools.print_catalog import catalog_json
 
 pytestmark = pytest.mark.unit
 
@@ -252,3 +256,13 @@ def test_transfer_takes_the_department_and_the_callers_name() -> None:
     transfer = specs["transfer_to_human"].parameters
     assert transfer["required"] == ["reason"]
     assert {"department", "caller_name"} <= set(transfer["properties"])
+
+
+def test_the_catalog_offers_the_routing_table_to_admins() -> None:
+    tools = {t.name: t for t in msgspec.json.decode(catalog_json(), type=list[PlatformToolSpec])}
+    schema = tools["call_control"].config_schema
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate({"routing": ROUTING}, schema)
+    late = {"sales": {"number": SALES, "hours": {"mon": "9am-5pm"}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"routing": {**ROUTING, "departments": late}}, schema)
