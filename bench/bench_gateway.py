@@ -5,7 +5,9 @@ Open-loop load (requests leave on schedule whether or not earlier ones were answ
 200 calls/s for 30 s each, every call a new CallSid to a bound number, so every request creates
 a LiveKit room with an agent dispatch. Then the floor: the same rate of requests that only get
 their signature checked (a forged signature, answered 403 before any work). The breakdown of
-where the time goes comes from the gateway's own stage histograms (/metrics).
+where the time goes comes from the gateway's own stage histograms (/metrics). The gateway
+process's CPU time per call (Linux /proc) is reported too: on a shared machine it says more
+about the gateway's own cost than latency does, and the 1-minute load average says how shared.
 
 Run: `make bench-gateway` (or `.venv/bin/python bench/bench_gateway.py [--seconds 30]`).
 """
@@ -193,6 +195,12 @@ async def bind_numbers(nats_server: NatsServer) -> list[str]:
     return numbers
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def wait_ready(
     session: aiohttp.ClientSession, url: str, process: subprocess.Popen[bytes]
 ) -> None:
@@ -250,10 +258,15 @@ async def bench(seconds: float) -> None:
                 at50 = await load(session, url, 50, seconds, forged=False, numbers=numbers)
                 async with session.get(url + "/metrics") as response:
                     before = stage_means_ms(await response.text())
+                load_avg = os.getloadavg()[0]
+                cpu_before = cpu_seconds(process.pid)
                 at200 = await load(session, url, 200, seconds, forged=False, numbers=numbers)
+                cpu_200 = cpu_seconds(process.pid) - cpu_before
                 async with session.get(url + "/metrics") as response:
                     stages = stage_means_ms(await response.text())
+                cpu_before = cpu_seconds(process.pid)
                 floor = await load(session, url, 200, seconds, forged=True, numbers=numbers)
+                cpu_floor = cpu_seconds(process.pid) - cpu_before
         finally:
             process.terminate()
             process.wait(20)
@@ -267,6 +280,10 @@ async def bench(seconds: float) -> None:
         "webhook_errors": float(at50.errors + at200.errors),
         "signature_only_p99_ms": percentile(floor.latencies_ms, 99),
         "signature_only_p50_ms": percentile(floor.latencies_ms, 50),
+        # Incoming webhook + its status callback + the LiveKit and NATS requests they make.
+        "gateway_cpu_ms_per_call_200cps": cpu_200 * 1000 / len(at200.latencies_ms),
+        "signature_only_cpu_ms_per_request": cpu_floor * 1000 / len(floor.latencies_ms),
+        "load_avg_1m_at_200cps": load_avg,
     }
     for stage in ("signature", "lookup", "grant", "livekit", "twiml"):
         if stage in stages:
