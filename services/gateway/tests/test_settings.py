@@ -56,6 +56,7 @@ def test_settings_come_from_the_environment_with_types() -> None:
         ("VA_GATEWAY_GRANT_SIGNING_KEY", "bm90IGEga2V5"),
         ("VA_GATEWAY_PUBLIC_BASE_URL", "voice.example.com"),
         ("VA_GATEWAY_LIVEKIT_BUDGET_SECONDS", "soon"),
+        ("VA_GATEWAY_AGENT_LOST_GRACE_SECONDS", "-1"),
     ],
 )
 def test_bad_or_placeholder_settings_are_refused_naming_the_variable(
