@@ -138,7 +138,9 @@ class AgentLossWatch:
             callers_left=len(callers),
         )
         if context is not None:
-            # Published before the room goes, so it precedes Twilio's `ended` in the stream.
+            # Twilio's `ended` follows the room's deletion; in whichever order the call log gets
+            # the two, the call stays failed (`failed` sets the status, `ended` only changes a
+            # call still in progress).
             self._events.publish(
                 CallFailed(
                     event_id=event_id(call_sid, "failed"),
