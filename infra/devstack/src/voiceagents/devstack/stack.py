@@ -54,7 +54,8 @@ class Service:
     env: dict[str, str]
     log_path: Path
     ready: Callable[[Service], bool]
-    ready_timeout: float = 60.0
+    # Generous: a loaded two-core CI machine takes a minute to import and pre-fork a service.
+    ready_timeout: float = 180.0
     process: _Process | None = None
     # Where this run's lines start in the log (a restart appends to the same file).
     log_offset: int = 0
@@ -203,7 +204,11 @@ class Stack:
         keygen = _spawn_module("voiceagents.gateway", "keygen")
         self.postgres = PostgresServer().start()
         self.nats = NatsServer().start()
-        self.livekit = LiveKitServer().start()
+        # LiveKit tells the gateway when a participant leaves, so a call whose voice agent
+        # died is failed and its room closed (the gateway's LIVEKIT_WEBHOOK_PATH).
+        self.livekit = LiveKitServer(
+            webhook_urls=[f"{self.gateway_url}/api/v1/livekit/webhook"]
+        ).start()
         self.oauth = OAuthProviderStandIn(access_token=self.calendar_token).start()
         for database in ("registry", "toolvault"):
             self._create_database(database)
@@ -437,7 +442,10 @@ class Stack:
             "voiceagents.worker",
             ["start"],
             env,
-            _ready_log_line('"registered worker"'),
+            # Registered with LiveKit and a warm job process to take the first call.
+            lambda service: all(
+                line in service.log() for line in ('"registered worker"', '"process initialized"')
+            ),
         )
 
     def _calendar(self) -> Service:
