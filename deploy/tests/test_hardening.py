@@ -76,10 +76,11 @@ def test_probes_ask_the_services_own_health_endpoints(
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     worker = pod_spec(find(rendered[overlay], "Deployment", "voice-worker"))["containers"][0]
-    # livekit-agents serves its health check on GET / of VA_WORKER_HTTP_PORT.
+    # The worker serves /healthz and /readyz next to /metrics on VA_WORKER_METRICS_PORT.
     config = find(rendered[overlay], "ConfigMap", "voice-worker")["data"]
     ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
-    assert worker["readinessProbe"]["httpGet"] == {"path": "/", "port": "health"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert ports["health"] == int(config["VA_WORKER_HTTP_PORT"])
     assert ports["metrics"] == int(config["VA_WORKER_METRICS_PORT"])
 

@@ -257,11 +257,17 @@ class WorkerProcess:
     """`python -m voiceagents.worker start` as a real process, its log in a file."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, log_path: Path, agent_name: str
+        self,
+        process: asyncio.subprocess.Process,
+        log_path: Path,
+        agent_name: str,
+        metrics_port: int,
     ) -> None:
         self.process = process
         self.log_path = log_path
         self.agent_name = agent_name
+        # /healthz, /readyz and /metrics.
+        self.metrics_port = metrics_port
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -295,6 +301,7 @@ async def start_worker(
 
     async def start(script: OfflineScript, **settings: str) -> WorkerProcess:
         agent_name = f"voice-agent-{uuid.uuid4().hex[:8]}"
+        metrics_port = free_port()
         script_path = tmp_path / f"{agent_name}.json"
         script_path.write_bytes(msgspec.json.encode(ScriptBook(default=script)))
         env = {
@@ -306,7 +313,7 @@ async def start_worker(
             "VA_WORKER_OFFLINE_SCRIPT": str(script_path),
             "VA_WORKER_OFFLINE_FIRST_AUDIO_MS": "100",
             "VA_WORKER_HTTP_PORT": str(free_port()),
-            "VA_WORKER_METRICS_PORT": str(free_port()),
+            "VA_WORKER_METRICS_PORT": str(metrics_port),
             "VA_WORKER_PHRASE_CACHE_DIR": str(tmp_path / "phrases"),
             "VA_WORKER_IDLE_PROCESSES": "1",
             "VA_WORKER_DEV_MODE": "true",
@@ -328,7 +335,7 @@ async def start_worker(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        worker = WorkerProcess(process, log_path, agent_name)
+        worker = WorkerProcess(process, log_path, agent_name, metrics_port)
         started.append(worker)
         await worker.wait_for_log('"registered worker"')
         return worker

@@ -7,9 +7,12 @@ SIGTERM that lets the running call finish. Nothing secret shows up in logs or ev
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 from typing import Any
 
+import httpx
 import pytest
 from livekit import api
 
@@ -155,3 +158,49 @@ async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:
     finally:
         await lkapi.aclose()
     return [p.identity for p in response.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
+
+
+async def test_health_and_a_job_process_killed_mid_call_ends_the_call_as_failed(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+    toolvault: Any,
+) -> None:
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    worker = await start_worker(SCRIPT)
+    health = f"http://127.0.0.1:{worker.metrics_port}"
+    async with httpx.AsyncClient(base_url=health) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        async with asyncio.timeout(30):
+            while (ready := await http.get("/readyz")).status_code != 200:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert ready.json()["checks"] == {
+            "nats": True,
+            "config_mirror": True,
+            "not_draining": True,
+        }
+        assert "lk_agents_worker_load" in (await http.get("/metrics")).text
+
+        placed = await place_call(config, worker.agent_name)
+        await placed.caller.join()
+        await placed.caller.wait_until_agent_quiet()
+        await wait_for_agent_lines(placed.caller, 1)
+        os.kill(call_pid(worker, placed.call.call_sid), signal.SIGKILL)
+        ended = await call_events.wait_for(CallEnded, placed.call.call_sid)
+
+        assert (ended.status, ended.ended_by, ended.reason, ended.source) == (
+            "failed",
+            "system",
+            "failed",
+            "worker",
+        )
+
+
+def call_pid(worker: Any, call_sid: str) -> int:
+    """The job process running `call_sid`, from its "call ready" log line."""
+    for line in worker.log().splitlines():
+        if '"call ready"' in line and call_sid in line:
+            return int(json.loads(line)["pid"])
+    raise AssertionError(f"no call ready line for {call_sid}")

@@ -9,6 +9,7 @@ participant joins, the greeting plays at once, first and word for word.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -392,12 +393,31 @@ async def entrypoint(ctx: JobContext) -> None:
     log.info(
         "call ready",
         call_sid=state.call.call_sid,
+        pid=os.getpid(),
         agent_id=config.agent_id,
         tools=state.tools.names,
         unavailable=state.credentials.unavailable,
         stages_ms=state.stages_ms,
     )
 
+    try:
+        await connected
+        await run_session(ctx, runtime, state, greeting)
+    except Exception as exc:  # the caller must not be left in silence without an end event
+        log.error("call failed", call_sid=state.call.call_sid, error=type(exc).__name__)
+        events.ended(ended_by="system", reason="failed", status="failed")
+        await events.flush()
+        raise
+    await events.flush()
+    ctx.shutdown("call ended")
+
+
+async def run_session(
+    ctx: JobContext, runtime: WorkerRuntime, state: CallState, greeting: asyncio.Future[Phrase]
+) -> None:
+    """The conversation: start the session, greet the caller when they are there, and say how
+    the call ended once it has."""
+    config = state.config
     session = new_session(runtime.model(state), state)
     closed: asyncio.Future[voice_events.CloseEvent] = asyncio.get_running_loop().create_future()
 
@@ -406,15 +426,10 @@ async def entrypoint(ctx: JobContext) -> None:
             closed.set_result(event)
 
     session.on("close", on_close)
-    await connected
-    await session.start(
-        new_agent(state),
-        room=ctx.room,
-        room_options=ROOM_OPTIONS,
-    )
+    await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
     await ctx.wait_for_participant(kind=CALLER_KINDS)
     answered = time.perf_counter()
-    await greet(session, config, greeting, settings.greeting_render_seconds)
+    await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
     close = await closed
     caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
     if state.ended_by_agent is not None:
@@ -422,6 +437,6 @@ async def entrypoint(ctx: JobContext) -> None:
         reason = state.ended_by_agent
     else:
         ended_by, reason = ("caller" if caller_left else "system"), close.reason.value
-    events.ended(ended_by=ended_by, reason=reason, duration_seconds=time.perf_counter() - answered)
-    await events.flush()
-    ctx.shutdown("call ended")
+    state.events.ended(
+        ended_by=ended_by, reason=reason, duration_seconds=time.perf_counter() - answered
+    )

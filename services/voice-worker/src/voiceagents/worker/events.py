@@ -24,6 +24,7 @@ from voiceagents.contracts.calls import (
     CallEnded,
     CallEvent,
     CallFailed,
+    CallStatus,
     EndedBy,
     ToolInvoked,
     TranscriptEntry,
@@ -97,12 +98,19 @@ class CallEvents:
         self.transcript.append(entry)
         self.publish(self._make(TranscriptTurn, f"transcript.{next(self._sequence)}", entry=entry))
 
-    def ended(self, *, ended_by: EndedBy, reason: str, duration_seconds: float) -> None:
+    def ended(
+        self,
+        *,
+        ended_by: EndedBy,
+        reason: str,
+        duration_seconds: float | None = None,
+        status: CallStatus = "completed",
+    ) -> None:
         self.publish(
             self._make(
                 CallEnded,
                 "ended",
-                status="completed",
+                status=status,
                 ended_by=ended_by,
                 reason=reason,
                 duration_seconds=duration_seconds,

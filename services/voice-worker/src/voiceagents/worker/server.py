@@ -1,7 +1,8 @@
 """The voice worker: a livekit-agents `AgentServer` taking explicitly dispatched calls.
 
 - Main process: registers with LiveKit under `VA_WORKER_AGENT_NAME`, admits at most MAX_CALLS
-  calls (`admission`), reports the tool catalog to the registry, drains on SIGTERM.
+  calls (`admission`), drains on SIGTERM; the `supervisor` serves /healthz, /readyz and /metrics,
+  reports the tool catalog to the registry and ends the calls of job processes that died.
 - Job processes (one per call, kept warm): `prewarm` fills the runtime config mirror from NATS
   KV and discovers the tools once per process, before any call; `call.entrypoint` runs a call.
 """
@@ -9,23 +10,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from functools import partial
 
 import structlog
 from livekit.agents import AgentServer, JobProcess
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 
 from voiceagents.contracts import bus
-from voiceagents.contracts.calls import CALLS_STREAM
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.worker.admission import Admission
 from voiceagents.worker.call import WorkerRuntime, entrypoint
-from voiceagents.worker.catalog import sync_catalog
 from voiceagents.worker.logs import configure_logging
 from voiceagents.worker.settings import Settings
+from voiceagents.worker.supervisor import Supervisor
 from voiceagents.worker.tools.discovery import catalog, discover
 
 log = structlog.get_logger("voiceagents.worker")
@@ -60,30 +57,6 @@ async def fill_mirror(settings: Settings, mirror: ConfigMirror) -> None:
         await nc.close()
 
 
-async def on_worker_started(settings: Settings) -> None:
-    """Make sure the CALLS stream exists, then report the code tools until the registry has
-    them. Both in the background: calls are taken meanwhile."""
-    tools = catalog(discover(settings.packages))
-    nc = await bus.connect(settings.nats_url, "worker", settings.nats_password, name="voice-worker")
-    try:
-        await ensure_calls_stream(nc.jetstream())
-        await sync_catalog(nc, f"{socket.gethostname()}:{os.getpid()}", tools)
-    finally:
-        await nc.close()
-
-
-async def ensure_calls_stream(js: JetStreamContext) -> None:
-    delay = 0.5
-    while True:
-        try:
-            await bus.ensure_stream(js, CALLS_STREAM)
-            return
-        except (NatsError, TimeoutError) as exc:
-            log.warning("CALLS stream not ensured; retrying", error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
 def build_server(settings: Settings) -> AgentServer:
     admission = Admission(settings.max_calls, settings.livekit_target_load)
     server = AgentServer(
@@ -96,17 +69,21 @@ def build_server(settings: Settings) -> AgentServer:
         api_key=settings.livekit_api_key or None,
         api_secret=settings.livekit_api_secret or None,
         port=settings.http_port,
-        prometheus_port=settings.metrics_port or None,
+        # /metrics is served by the supervisor, with /healthz and /readyz on the same port.
+        prometheus_port=None,
         log_level=settings.log_level.upper(),
         # Imported once in the forkserver, shared copy-on-write by every call's job process.
         preload_modules=["voiceagents.worker.call", *settings.packages],
     )
     admission.bind(server)
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=admission.on_request)
+    # Imported now, before the event loop runs: importing the tools takes seconds of CPU that
+    # would otherwise block the loop that accepts jobs.
+    supervisor = Supervisor(settings, server, catalog(discover(settings.packages)))
     background: set[asyncio.Task[None]] = set()
 
     def on_started() -> None:
-        task = asyncio.create_task(on_worker_started(settings))
+        task = asyncio.create_task(supervisor.start())
         background.add(task)
         task.add_done_callback(background.discard)
 
