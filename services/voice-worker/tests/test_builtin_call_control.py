@@ -211,7 +211,7 @@ async def test_end_call_plays_the_whole_goodbye_before_the_room_closes(start_cal
     async def close_room(room: str) -> None:
         closed.set_result((room, time.monotonic(), list(call.speaker.segments)))
 
-    call.control.close_room = close_room  # type: ignore[method-assign]
+    call.control.close_room = close_room
 
     await call.session.run(user_input="That's all, bye!")
     room, closed_at, heard = await asyncio.wait_for(closed, 30)
@@ -246,7 +246,8 @@ async def test_transfer_updates_the_live_call_after_the_handoff_sentence(
 
     await call.session.run(user_input="Can I talk to a person please?")
     async with asyncio.timeout(30):
-        while not live.updates:  # noqa: ASYNC110 - the stand-in records, nothing to await
+        # The stand-in records the update before it answers; the event follows the answer.
+        while not (live.updates and any(isinstance(e, CallTransferred) for e in call.events)):  # noqa: ASYNC110 - the stand-in records, nothing to await
             await asyncio.sleep(0.02)
 
     [update] = live.updates

@@ -1,5 +1,5 @@
 """Stand-ins for the remote, paid APIs the built-in tools call: Google Calendar, a Zendesk-style
-CRM, a Shopify-style shop, and Twilio's REST API.
+CRM, a Shopify-style shop, HubSpot-style contacts (leads), and Twilio's REST API.
 
 These are NOT the real services. Each is a small local HTTP server that speaks the documented
 subset of its API that the tools use (same paths, bodies, auth headers and error shapes), so the

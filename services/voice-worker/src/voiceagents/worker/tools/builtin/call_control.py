@@ -351,7 +351,7 @@ class CallControl(BaseTool):
             return {
                 "transferred": False,
                 "callback_requested": False,
-                "say_to_caller": f"{closed} Please call again then.",
+                "say_to_caller": f"{closed} Please call again {'then' if opens else 'later'}.",
             }
         return {
             "transferred": False,
