@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
+from voiceagents.contracts.calls import ToolInvoked
 from voiceagents.contracts.toolvault import ReleaseError
 from voiceagents.worker.credentials import release_credentials
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
@@ -81,12 +82,16 @@ async def test_a_whole_request_refusal_marks_every_tool_unavailable(
 async def test_tool_vault_unreachable_is_explained_and_the_call_goes_on(
     text_call: Any, worker_nats: Client
 ) -> None:
-    # Nobody answers toolvault.v1.release on this server.
+    # NATS is up, but nobody answers toolvault.v1.release on this server (no responders).
     call = await text_call(SCRIPT, nc=worker_nats, credentials_timeout_seconds=0.5)
 
+    # The tool is still in the model's list: it answers "unavailable" instead of vanishing.
+    assert "lookup_order" in call.received_tools
     refused = await call.session.run(user_input="my order please")
     after = await call.session.run(user_input="hello?")
 
     assert spoken(refused) == [UNAVAILABLE_SENTENCE]
     assert spoken(after) == ["Hello again!"]
     assert call.state.credentials.unavailable == {"at-orders": "unavailable"}
+    (invoked,) = [e for e in call.published if isinstance(e, ToolInvoked)]
+    assert (invoked.function, invoked.outcome) == ("lookup_order", "unavailable")

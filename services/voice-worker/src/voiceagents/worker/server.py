@@ -58,6 +58,10 @@ async def fill_mirror(settings: Settings, mirror: ConfigMirror) -> None:
 
 
 def build_server(settings: Settings) -> AgentServer:
+    # Imported now, before the event loop runs: importing the tools takes seconds of CPU that
+    # would otherwise block the loop that accepts jobs.
+    tool_classes = discover(settings.packages)
+    tool_modules = {cls.__module__ for cls in tool_classes.values()}
     admission = Admission(settings.max_calls, settings.livekit_target_load)
     server = AgentServer(
         setup_fnc=partial(prewarm, settings=settings),
@@ -72,14 +76,13 @@ def build_server(settings: Settings) -> AgentServer:
         # /metrics is served by the supervisor, with /healthz and /readyz on the same port.
         prometheus_port=None,
         log_level=settings.log_level.upper(),
-        # Imported once in the forkserver, shared copy-on-write by every call's job process.
-        preload_modules=["voiceagents.worker.call", *settings.packages],
+        # Imported once in the forkserver, shared copy-on-write by every call's job process: the
+        # tools' own modules too (a package import alone does not import its modules).
+        preload_modules=["voiceagents.worker.call", *sorted(tool_modules)],
     )
     admission.bind(server)
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=admission.on_request)
-    # Imported now, before the event loop runs: importing the tools takes seconds of CPU that
-    # would otherwise block the loop that accepts jobs.
-    supervisor = Supervisor(settings, server, catalog(discover(settings.packages)))
+    supervisor = Supervisor(settings, server, catalog(tool_classes))
     background: set[asyncio.Task[None]] = set()
 
     def on_started() -> None:
