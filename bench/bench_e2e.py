@@ -1,12 +1,14 @@
 """End to end: how fast a phone call is greeted, and how many calls one worker carries — ours
 next to the bare livekit-agents bot a user would otherwise write (bench/bare_worker.py).
 
-Everything runs on loopback as real processes: livekit-server, NATS, the gateway and one voice
-worker process (`python -m voiceagents.worker start`, offline stand-in model with
-time-to-first-audio 0) for "ours"; the bare worker (`bench/bare_worker.py start`, the same
-offline model, greeting and voice, hard-coded agent) for the baseline. Callers are devstack's
-`SimulatedCaller`: a participant of kind SIP with LiveKit SIP's attributes that hears the
-agent's audio and detects speech in it (RMS).
+Everything runs on loopback as real processes. "Ours" is devstack's `Stack` (PostgreSQL, NATS,
+LiveKit, registry, tool-vault, gateway, one voice worker process with the offline stand-in model
+at time-to-first-audio 0) and an agent made through the registry's REST API with the clock tool
+and the CRM tool (API key in tool-vault, released on every call). The baseline is
+bench/bare_worker.py on the same LiveKit server: the same offline model, greeting and voice, the
+agent hard-coded. Callers are devstack's `SimulatedCaller`: a participant of kind SIP with
+LiveKit SIP's attributes that hears the agent's audio and detects speech in it (RMS).
+Calls of the two workers alternate, so both see the same load from the rest of the machine.
 
 1. Time to greeting, calls one after another (`--calls`, default 50), two passes per worker:
    - *bridged*: the caller joins `--bridge-ms` (default 500) after the webhook was answered (ours:
@@ -23,11 +25,15 @@ agent's audio and detects speech in it (RMS).
    sentence with a scripted reply spoken at real-time pace. A step keeps real time when every
    call got every answer, the answers come as fast as at one call (reply delay p95 within
    `REPLY_SLACK_MS` of the one-call median) and the agent's speech reaches the caller whole
-   (heard length p95 within `STRETCH_LIMIT` of the spoken length: underruns stretch it). The
-   ramp stops at the first step that does not, or when the machine's CPU is saturated.
-   `calls_per_core` = calls of the largest real-time step / cores the worker's process tree
-   used at that step (psutil, the worker and all its job processes); `rss_per_call_mb` =
-   least-squares growth per call of the tree's unique memory (USS) over the steps.
+   (first to last loud frame of an answer within `STRETCH_LIMIT` of its spoken length: gaps
+   stretch it). `realtime_calls` is the largest step before the first that does not; the ramp
+   goes on past it while every answer still comes (for more CPU and memory points), and stops
+   when the worker's process tree uses 90 % of the machine's cores.
+   CPU is the worker's whole process tree (main process, forkserver, every job process; psutil).
+   `calls_per_core` = 1 / `worker_cores_per_call`, the least-squares growth of the tree's CPU
+   per added call over the idle worker and the real-time steps (past those the worker no longer
+   gets the CPU it needs, which would understate a call's cost). `rss_per_call_mb` is the
+   least-squares growth per call of the tree's unique memory (USS), as in bench_worker.
 
 Run: `make bench-e2e` (or `.venv/bin/python bench/bench_e2e.py [--calls N] [--quick]`).
 """
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -87,11 +94,11 @@ AGENT_REPLY = "Of course. Let me look at the calendar for tomorrow."
 REPLY_SLACK_MS = 250.0
 # ... and the agent's speech is heard at most this much longer than it was spoken (p95).
 STRETCH_LIMIT = 1.10
-# The machine is saturated when less than this share of its CPU is idle over a step.
-IDLE_FLOOR = 0.05
-WARMUP_CALLS = 3
-# Between two calls of the time-to-greeting passes: the worker replaces the job process it used.
-GAP_S = 1.0
+# The worker is saturated when its process tree uses this share of the machine's cores.
+SATURATED = 0.9
+# Past real time, the ramp goes on (for CPU and memory figures) until answers take this long.
+GIVE_UP_MS = 3000.0
+WARMUP_CALLS = 2
 STEPS = [1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64]
 QUICK_STEPS = [1, 2, 4]
 
@@ -123,6 +130,28 @@ class Target:
     livekit: LiveKitServer
     place: Callable[[], Awaitable[PlacedCall]]
     end: Callable[[PlacedCall], Awaitable[None]]
+    log: Path
+
+    def process_init_ms(self) -> list[float]:
+        """How long each job process took to start and warm up (livekit-agents logs it)."""
+        return [
+            float(m) * 1000
+            for m in re.findall(
+                r'"process initialized".*?"elapsed_time": ([0-9.]+)', self.log.read_text()
+            )
+        ]
+
+    async def until_warm(self) -> None:
+        """Until no job process is starting: the pool has replaced the one the last call used."""
+        async with asyncio.timeout(60):
+            while True:
+                text = self.log.read_text(errors="replace")
+                started = set(re.findall(r'"initializing process".*?"pid": (\d+)', text))
+                ready = set(re.findall(r'"process initialized".*?"pid": (\d+)', text))
+                # A process killed before it was ready never says so: only living ones count.
+                if not any(psutil.pid_exists(int(pid)) for pid in started - ready):
+                    return
+                await asyncio.sleep(0.1)
 
 
 def script_file(workdir: Path, book: bool) -> Path:
@@ -222,7 +251,8 @@ def ours(stack: Stack) -> Target:
     async def end(call: PlacedCall) -> None:
         await twilio.status(call.call_sid, "completed", 1)
 
-    return Target("ours", worker.proc.pid, stack.livekit, place, end)
+    log = stack.service("worker").log_path
+    return Target("ours", worker.proc.pid, stack.livekit, place, end, log)
 
 
 async def stop_process(process: asyncio.subprocess.Process) -> None:
@@ -277,7 +307,7 @@ async def bare(livekit: LiveKitServer, workdir: Path) -> AsyncIterator[Target]:
             await lkapi.room.delete_room(api.DeleteRoomRequest(room=call.room))
 
         print(f"bare worker log: {log_path}")
-        yield Target("bare", worker.pid, livekit, place, end)
+        yield Target("bare", worker.pid, livekit, place, end, log_path)
 
 
 # -- callers -----------------------------------------------------------------------------------
@@ -422,12 +452,13 @@ async def greetings(targets: list[Target], calls: int, bridge_ms: float) -> dict
     results = {target.name: Greetings() for target in targets}
     for target in targets:  # warm-up: new agent config, first job processes
         for _ in range(WARMUP_CALLS):
+            await target.until_warm()
             await greeting_call(target, bridge_ms, None)
-            await asyncio.sleep(GAP_S)
     for _ in range(calls):
         for target in targets:
+            # Each call finds a warm worker (how fast the pool refills is reported apart).
+            await target.until_warm()
             await greeting_call(target, bridge_ms, results[target.name])
-            await asyncio.sleep(GAP_S)
     return results
 
 
@@ -486,6 +517,8 @@ class Capacity:
     realtime_calls: int
     stopped_because: str
     rss_per_call_mb: float
+    # Least-squares growth of the worker tree's CPU per added call, over every step.
+    cores_per_call: float
 
     @property
     def last_good(self) -> Step:
@@ -515,16 +548,17 @@ async def capacity(
     spoken_s = len(pcm) / 2 / offline_model.SAMPLE_RATE - 0.06
     livekit = livekit_process()
     me = psutil.Process()
+    cpus = psutil.cpu_count()
     stop = asyncio.Event()
     # Every call placed (hung up at the end, also when its start failed) and the talking ones.
     placed: list[tuple[PlacedCall, TalkingCaller]] = []
     live: list[tuple[TalkingCaller, asyncio.Task[None]]] = []
-    idle_uss = tree_uss_mb(target.worker_pid)
-    memory: list[tuple[float, float]] = [(0.0, idle_uss)]
+    memory: list[tuple[float, float]] = [(0.0, tree_uss_mb(target.worker_pid))]
+    idle: Step | None = None
     results: list[Step] = []
     baseline_ms: float | None = None
     realtime_calls = 0
-    stopped = "every step kept real time"
+    stopped: str | None = None
 
     async def add_call() -> None:
         call = await target.place()
@@ -538,7 +572,7 @@ async def capacity(
         live.append((caller, asyncio.create_task(caller.talk(stop))))
 
     try:
-        for calls in steps:
+        for calls in [0, *steps]:  # 0: the idle worker's own CPU
             added = calls - len(placed)
             starts = []
             for _ in range(added):
@@ -548,7 +582,7 @@ async def capacity(
                 async with asyncio.timeout(60):
                     await asyncio.gather(*starts)
             except TimeoutError:
-                stopped = f"{calls} calls: not every new call was answered and greeted in time"
+                stopped = stopped or f"{calls} calls: not every new call was greeted in time"
                 break
             await asyncio.sleep(3.0)
             for caller, _ in live:
@@ -573,8 +607,11 @@ async def capacity(
                 reply_p95_ms=percentile(replies, 95) if replies else float("inf"),
                 stretch_p95=percentile(stretches, 95) if stretches else float("inf"),
                 missed=sum(c.missed for c, _ in live),
-                sender_late_ms=max(c.late_ms for c, _ in live),
+                sender_late_ms=max((c.late_ms for c, _ in live), default=0.0),
             )
+            if calls == 0:
+                idle = step
+                continue
             results.append(step)
             memory.append((float(calls), step.uss_mb))
             print(
@@ -592,18 +629,20 @@ async def capacity(
                 or step.reply_p95_ms > baseline_ms + REPLY_SLACK_MS
                 or step.stretch_p95 > STRETCH_LIMIT
             )
-            if behind:
+            if behind and stopped is None:
                 stopped = (
                     f"{calls} calls: audio fell behind real time (reply p95 "
                     f"{step.reply_p95_ms:.0f} ms vs {baseline_ms:.0f} at one call, stretch p95 "
                     f"{step.stretch_p95:.3f}, {step.missed} answers missed)"
                 )
+            if stopped is None:
+                realtime_calls = calls
+            if step.worker_cores >= SATURATED * cpus:
+                stopped = stopped or f"{calls} calls: the worker's CPU is saturated"
                 break
-            realtime_calls = calls
-            if step.idle_share < IDLE_FLOOR:
-                stopped = (
-                    f"{calls} calls: the machine's CPU is saturated ({step.idle_share:.0%} idle)"
-                )
+            # Past the last real-time step the ramp goes on while every answer still comes, for
+            # more points of CPU and memory per call.
+            if step.missed > 0 or step.reply_p95_ms > GIVE_UP_MS:
                 break
     finally:
         stop.set()
@@ -614,7 +653,18 @@ async def capacity(
         await asyncio.sleep(5.0)  # the calls' job processes end before the next worker's ramp
     if realtime_calls == 0:
         raise RuntimeError(f"{target.name}: not even one call kept real time ({stopped})")
-    return Capacity(results, realtime_calls, stopped, slope(memory))
+    # CPU per call from the idle worker and the steps that kept real time only: past those, the
+    # worker no longer gets all the CPU it needs, which would understate the cost of a call.
+    assert idle is not None
+    kept = [s for s in results if s.calls <= realtime_calls]
+    cpu_per_call = slope([(float(s.calls), s.worker_cores) for s in [idle, *kept]])
+    return Capacity(
+        results,
+        realtime_calls,
+        stopped or "every step kept real time",
+        rss_per_call_mb=slope(memory),
+        cores_per_call=cpu_per_call,
+    )
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -634,14 +684,25 @@ def greeting_figures(prefix: str, bridged: Greetings, immediate: Greetings) -> d
     }
 
 
+def pool_figures(prefix: str, target: Target) -> dict[str, float]:
+    init_ms = target.process_init_ms()
+    return {
+        f"{prefix}job_process_init_p50_ms": percentile(init_ms, 50),
+        f"{prefix}job_process_init_p95_ms": percentile(init_ms, 95),
+    }
+
+
 def capacity_figures(prefix: str, cap: Capacity) -> dict[str, float]:
     good = cap.last_good
     return {
-        f"{prefix}calls_per_core": good.calls / good.worker_cores,
+        f"{prefix}calls_per_core": 1 / cap.cores_per_call,
+        f"{prefix}worker_cores_per_call": cap.cores_per_call,
         f"{prefix}realtime_calls": float(cap.realtime_calls),
+        f"{prefix}max_calls_ramped": float(cap.steps[-1].calls),
         f"{prefix}worker_cores_at_realtime_calls": good.worker_cores,
         f"{prefix}livekit_cores_per_call": good.livekit_cores / good.calls,
         f"{prefix}callers_cores_per_call": good.bench_cores / good.calls,
+        f"{prefix}reply_p50_ms_one_call": cap.steps[0].reply_p50_ms,
         f"{prefix}reply_p95_ms_at_realtime_calls": good.reply_p95_ms,
         f"{prefix}rss_per_call_mb": cap.rss_per_call_mb,
     }
@@ -683,10 +744,12 @@ async def run(calls: int, bridge_ms: float, steps: list[int], window: float) -> 
     ours_figures = {
         **greeting_figures("", bridged["ours"], immediate["ours"]),
         **capacity_figures("", capacities["ours"]),
+        **pool_figures("", target),
     }
     bare_figures = {
         **greeting_figures("bare_", bridged["bare"], immediate["bare"]),
         **capacity_figures("bare_", capacities["bare"]),
+        **pool_figures("bare_", baseline),
     }
     headline = [
         "greeting_after_join_p50_ms",
@@ -730,7 +793,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50, help="calls per time-to-greeting pass")
     parser.add_argument("--bridge-ms", type=float, default=500.0, help="SIP leg set-up time")
-    parser.add_argument("--window", type=float, default=20.0, help="seconds measured per step")
+    parser.add_argument("--window", type=float, default=15.0, help="seconds measured per step")
     parser.add_argument("--quick", action="store_true", help="5 calls, 3 short capacity steps")
     parser.add_argument("--steps", help="capacity steps, comma-separated (e.g. 1,4,8)")
     args = parser.parse_args()
