@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,11 +28,13 @@ from voiceagents.devstack.servers import NatsServer
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
 from voiceagents.worker.standins.hubspot import HubSpotStandIn
 from voiceagents.worker.standins.twilio_calls import LiveCall, TwilioStandIn
+from voiceagents.worker.standins.zendesk import ZendeskStandIn
 from voiceagents.worker.tools.builtin.call_control import (
     CallControl,
     RoutingConfigError,
     parse_routing,
 )
+from voiceagents.worker.tools.builtin.crm import Crm
 from voiceagents.worker.tools.builtin.leads import Leads
 from voiceagents.worker.tools.discovery import function_specs
 from voiceagents.worker.tools.print_catalog import catalog_json
@@ -266,3 +269,32 @@ def test_the_catalog_offers_the_routing_table_to_admins() -> None:
     late = {"sales": {"number": SALES, "hours": {"mon": "9am-5pm"}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"routing": {**ROUTING, "departments": late}}, schema)
+
+
+async def test_out_of_hours_with_tickets_the_callback_request_is_a_ticket() -> None:
+    async with ZendeskStandIn(email="desk@acme.test", api_token="zd-" + "3" * 20) as zendesk:
+        ana = zendesk.add_user("Ana Lima", phone=CALLER)
+        crm = Crm(
+            config={
+                "base_url": zendesk.base_url,
+                "email": "desk@acme.test",
+                "network_allowlist": ["127.0.0.1/32"],
+            },
+            credentials=ToolCredentials(
+                agent_tool_id="at-crm", kind="api_key", secrets={"api_key": "zd-" + "3" * 20}
+            ),
+        )
+        control = CallControl(config={"routing": {**ROUTING, "after_hours": "ticket"}})
+        control.now = lambda: TUESDAY_NIGHT.astimezone(UTC)
+        call = SimpleNamespace(call_sid="CA1", from_number=CALLER)
+        context: Any = SimpleNamespace(
+            userdata=SimpleNamespace(call=call, tools=SimpleNamespace(instances={"at-crm": crm}))
+        )
+
+        result = await control.transfer_to_human(context, "invoice question", "sales", "Ana")
+
+        [ticket] = zendesk.tickets.values()
+        assert result["callback"] == {"ticket_id": ticket.id}
+        assert ticket.requester_id == ana.id
+        assert ticket.subject == "Callback: sales"
+        assert ticket.description.startswith("Callback requested for sales: invoice question")
