@@ -12,6 +12,7 @@ import pytest
 from voiceagents.worker.admission import Admission
 from voiceagents.worker.call import instructions_for
 from voiceagents.worker.gemini import gemini_realtime_model
+from voiceagents.worker.metrics import exposition
 from voiceagents.worker.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.unit
@@ -115,6 +116,11 @@ async def test_a_burst_of_jobs_never_gets_past_max_calls() -> None:
 
     assert [r.outcome for r in requests].count("accepted") == 3
     assert admission.load() == pytest.approx(admission.target_load)  # full: LiveKit stops
+    # What /metrics says (the autoscaler's input), read live from the admission.
+    text = exposition(admission).decode()
+    assert "\nactive_calls 3.0\n" in text
+    assert "\ncapacity 3.0\n" in text
+    assert "\nrejected_jobs_total 7.0\n" in text
 
 
 async def test_load_is_the_exact_share_of_calls_and_a_draining_worker_takes_none() -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import structlog
 from livekit.agents import AgentServer, JobRequest
 
-from voiceagents.worker.metrics import ACTIVE_CALLS, CAPACITY, REJECTED_JOBS
-
 log = structlog.get_logger("voiceagents.worker.admission")
 
 # livekit-server's default `target_load`; a deployment that changes it sets the same here.
@@ -33,7 +31,8 @@ class Admission:
         self._server: AgentServer | None = None
         # Accepted but not yet running in a job process.
         self._reserved = 0
-        CAPACITY.set(max_calls)
+        # Jobs refused because the worker was full or draining (the `rejected_jobs` metric).
+        self.rejected = 0
 
     def bind(self, server: AgentServer) -> None:
         self._server = server
@@ -45,13 +44,12 @@ class Admission:
     def load(self) -> float:
         """The load LiveKit sees: `target_load` means full."""
         in_use = self.in_use()
-        ACTIVE_CALLS.set(in_use)
         return min(in_use, self.max_calls) / self.max_calls * self.target_load
 
     async def on_request(self, request: JobRequest) -> None:
         draining = self._server is not None and self._server.draining
         if draining or self.in_use() >= self.max_calls:
-            REJECTED_JOBS.inc()
+            self.rejected += 1
             log.info(
                 "job refused",
                 room=request.room.name,
@@ -66,4 +64,3 @@ class Admission:
             await request.accept(name="Voice agent")
         finally:
             self._reserved -= 1
-            ACTIVE_CALLS.set(self.in_use())

@@ -82,7 +82,7 @@ def build_server(settings: Settings) -> AgentServer:
     )
     admission.bind(server)
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=admission.on_request)
-    supervisor = Supervisor(settings, server, catalog(tool_classes))
+    supervisor = Supervisor(settings, server, admission, catalog(tool_classes))
     background: set[asyncio.Task[None]] = set()
 
     def on_started() -> None:

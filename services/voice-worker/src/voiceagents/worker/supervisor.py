@@ -26,17 +26,19 @@ import structlog
 from aiohttp import web
 from livekit.agents import AgentServer
 from livekit.agents.ipc.job_executor import JobExecutor, JobStatus
-from livekit.agents.telemetry.http_server import metrics
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from voiceagents.contracts import bus
 from voiceagents.contracts.calls import CALLS_STREAM, DispatchMetadata
 from voiceagents.contracts.codec import decode
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.contracts.tools import PlatformToolSpec
+from voiceagents.worker.admission import Admission
 from voiceagents.worker.catalog import sync_catalog
 from voiceagents.worker.events import CallEvents
+from voiceagents.worker.metrics import exposition
 from voiceagents.worker.settings import Settings
 
 log = structlog.get_logger("voiceagents.worker.supervisor")
@@ -48,10 +50,15 @@ class Supervisor:
     """The main process's NATS connection, health endpoints and job-process watch."""
 
     def __init__(
-        self, settings: Settings, server: AgentServer, tools: list[PlatformToolSpec]
+        self,
+        settings: Settings,
+        server: AgentServer,
+        admission: Admission,
+        tools: list[PlatformToolSpec],
     ) -> None:
         self._settings = settings
         self._server = server
+        self._admission = admission
         self._tools = tools
         self.mirror = ConfigMirror()
         self.nc: Client | None = None
@@ -65,7 +72,7 @@ class Supervisor:
         app = web.Application()
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/metrics", self.metrics)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         # All interfaces: the kubelet probes and Prometheus scrapes come from outside the pod.
@@ -120,6 +127,11 @@ class Supervisor:
             {"status": "ready" if ready else "not ready", "checks": checks},
             status=200 if ready else 503,
         )
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        # Reading every process's files is blocking I/O: off the loop that accepts jobs.
+        body = await asyncio.get_running_loop().run_in_executor(None, exposition, self._admission)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- job processes that died mid-call --------------------------------------------------
 
