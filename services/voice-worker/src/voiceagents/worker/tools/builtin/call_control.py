@@ -6,7 +6,8 @@ tool acts: `end_call` deletes the call's LiveKit room (which hangs up the SIP le
 phone call), `transfer_to_human` updates the live Twilio call with `<Dial>` TwiML to the agent's
 `transfer_number`, which ends the leg into LiveKit and rings the person.
 
-The worker builds this tool for every call (it is not bound by admins): config
+The worker builds this tool for every call (`tools/system.py`; an admin binds it only to
+configure it, e.g. with `routing`): config
 `twilio_api_base_url` (default `https://api.twilio.com`; tests use
 `voiceagents.worker.standins.twilio_calls`) and credentials with secrets `account_sid` and
 `auth_token` (or `api_key_sid` + `api_key_secret` with `account_sid`) from the worker's own
@@ -20,7 +21,7 @@ department without `hours` is always open); an unknown department goes to the
 that they will be called back, and the callback request is written through the agent's own
 `leads` tool (`after_hours: "lead"`) or `crm` tool (`"ticket"`) on this call — the tool must be
 bound to the agent; without it the caller is asked to call again. Without `routing`, every
-transfer goes to the agent's `transfer_number`, as before.
+transfer goes to the agent's `transfer_number`. The clock (`now`) is replaced in tests.
 """
 
 from __future__ import annotations
