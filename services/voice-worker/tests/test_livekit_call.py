@@ -21,6 +21,7 @@ from voiceagents.contracts.calls import AgentJoined, CallEnded, ToolInvoked
 from voiceagents.contracts.tools import ToolFunctionSpec
 from voiceagents.devstack.servers import LiveKitServer
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
+from voiceagents.worker.tools.execution import UNAVAILABLE_SENTENCE
 
 pytestmark = pytest.mark.integration
 
@@ -160,6 +161,55 @@ async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:
     return [p.identity for p in response.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
 
 
+# Test tools plus the built-in system tool (end_call).
+WITH_CALL_CONTROL = "voice_worker_test_tools,voiceagents.worker.tools.builtin.call_control"
+
+
+async def test_without_tool_vault_the_call_greets_explains_and_the_agent_ends_it(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+) -> None:
+    # NATS is up but nobody answers toolvault.v1.release: the orders tool gets no API key.
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    script = OfflineScript(
+        turns=[
+            ScriptTurn(
+                caller="Where is my order five?",
+                tool_calls=[ScriptToolCall(name="lookup_order", arguments={"order_id": "5"})],
+            ),
+            ScriptTurn(
+                caller="Thanks, bye.",
+                tool_calls=[ScriptToolCall(name="end_call", arguments={"reason": "caller done"})],
+                after_tools="Goodbye!",
+            ),
+        ]
+    )
+    worker = await start_worker(script, tool_packages=WITH_CALL_CONTROL)
+    placed = await place_call(config, worker.agent_name)
+    sid = placed.call.call_sid
+    caller = placed.caller
+    await caller.join()
+    await caller.wait_until_agent_quiet()
+    await wait_for_agent_lines(caller, 1)
+    await caller.say("Where is my order five?")
+    await caller.wait_until_agent_quiet()
+    await wait_for_agent_lines(caller, 2)
+    await caller.say("Thanks, bye.")
+    ended = await call_events.wait_for(CallEnded, sid)
+
+    assert agent_lines(caller)[:2] == [GREETING, UNAVAILABLE_SENTENCE]
+    invoked = [e for e in call_events.events if isinstance(e, ToolInvoked) and e.call_sid == sid]
+    assert [(e.function, e.outcome) for e in invoked] == [
+        ("lookup_order", "unavailable"),
+        ("end_call", "ok"),
+    ]
+    assert (ended.ended_by, ended.reason, ended.status) == ("agent", "caller done", "completed")
+    assert [(line.role, line.text) for line in ended.transcript][:1] == [("agent", GREETING)]
+
+
 async def test_health_and_a_job_process_killed_mid_call_ends_the_call_as_failed(
     start_worker: Any,
     place_call: Any,
@@ -181,7 +231,9 @@ async def test_health_and_a_job_process_killed_mid_call_ends_the_call_as_failed(
             "config_mirror": True,
             "not_draining": True,
         }
-        assert "lk_agents_worker_load" in (await http.get("/metrics")).text
+        exposed = (await http.get("/metrics")).text
+        assert "lk_agents_worker_load" in exposed
+        assert "\ncapacity 4.0\n" in exposed
 
         placed = await place_call(config, worker.agent_name)
         await placed.caller.join()
