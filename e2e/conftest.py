@@ -3,7 +3,7 @@ test creates its own organization and agent, so tests never see each other's cal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,9 @@ import pytest
 
 from voiceagents.devstack.demo import Admin, DemoAgent, create_demo_agent, write_offline_script
 from voiceagents.devstack.stack import Stack
+
+# Every call hears the greeting at real-time pace: keep it short.
+SHORT_GREETING = "Hi, this is {agent_name}."
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +28,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
+@pytest.fixture(autouse=True)
+def whole_stack_running(stack: Stack) -> None:
+    """Every test starts with every service up: a test before it may have stopped or killed one
+    (restarted here only when a later test needs it, so the last test's outage costs nothing)."""
+    for service in stack.services.values():
+        if not service.running:
+            service.start()
+
+
 @pytest.fixture
 def conn(stack: Stack) -> dict[str, Any]:
     return stack.connection()
@@ -37,6 +49,17 @@ async def admin(stack: Stack) -> AsyncIterator[Admin]:
 
 
 @pytest.fixture
-async def agent(admin: Admin, stack: Stack) -> DemoAgent:
-    """A new organization's agent with the Google Calendar tool, connected through OAuth."""
-    return await create_demo_agent(admin, stack.calendar_url)
+def make_agent(admin: Admin, stack: Stack) -> Callable[..., Awaitable[DemoAgent]]:
+    """New organization's agent with the Google Calendar tool, connected through OAuth."""
+
+    async def make(calendar_url: str | None = None, active: bool = True) -> DemoAgent:
+        return await create_demo_agent(
+            admin, calendar_url or stack.calendar_url, active=active, greeting=SHORT_GREETING
+        )
+
+    return make
+
+
+@pytest.fixture
+async def agent(make_agent: Callable[..., Awaitable[DemoAgent]]) -> DemoAgent:
+    return await make_agent()

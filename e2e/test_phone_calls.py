@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,12 +22,13 @@ from voiceagents.devstack.demo import (
     DemoAgent,
     PhoneCall,
     booking_call,
-    create_demo_agent,
     random_phone_number,
 )
 from voiceagents.devstack.stack import Stack
 
 # The first test also waits for the whole stack to start (a minute on a loaded machine).
+MakeAgent = Callable[..., Awaitable[DemoAgent]]
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
@@ -108,9 +110,9 @@ async def test_an_unknown_number_gets_a_polite_goodbye(conn: dict[str, Any]) -> 
 
 
 async def test_an_inactive_agents_number_gets_a_polite_goodbye(
-    conn: dict[str, Any], admin: Admin, stack: Stack
+    conn: dict[str, Any], make_agent: MakeAgent
 ) -> None:
-    inactive = await create_demo_agent(admin, stack.calendar_url, active=False)
+    inactive = await make_agent(active=False)
     async with PhoneCall(conn, inactive.phone_number) as call:
         answer = await call.dial()
     assert answer.sip_uri is None
@@ -122,8 +124,13 @@ async def test_an_inactive_agents_number_gets_a_polite_goodbye(
 async def test_a_function_unselected_after_a_call_is_absent_from_the_next_call(
     conn: dict[str, Any], admin: Admin, agent: DemoAgent
 ) -> None:
-    first_sid = await booking_call(conn, agent.phone_number)
-    first = await admin.wait_for_call(first_sid, until=ended)
+    async with PhoneCall(conn, agent.phone_number) as first_call:
+        await first_call.dial()
+        await first_call.join()
+        await first_call.say(BOOKING_LINE)
+        await first_call.wait_for_event(lambda e: e["kind"] == "tool_invoked")
+        await first_call.hang_up()
+    first = await admin.wait_for_call(first_call.call_sid, until=ended)
     assert [t["function"] for t in first["tool_invocations"]] == ["create_event"]
 
     tool = await admin.update_agent_tool(
@@ -172,15 +179,12 @@ async def test_with_tool_vault_down_the_agent_says_the_tool_is_unavailable(
     conn: dict[str, Any], admin: Admin, agent: DemoAgent, stack: Stack
 ) -> None:
     stack.service("toolvault").stop()
-    try:
-        async with PhoneCall(conn, agent.phone_number) as call:
-            await call.dial()
-            await call.join()
-            await call.say(BOOKING_LINE)
-            reply = await call.wait_for_agent_line(after=1)
-            await call.hang_up()
-    finally:
-        stack.service("toolvault").start()
+    async with PhoneCall(conn, agent.phone_number) as call:
+        await call.dial()
+        await call.join()
+        await call.say(BOOKING_LINE)
+        reply = await call.wait_for_agent_line(after=1)
+        await call.hang_up()
     assert "isn't available" in reply
     [invocation] = call.tool_calls()
     assert (invocation["function"], invocation["outcome"]) == ("create_event", "unavailable")
@@ -212,11 +216,11 @@ class HangingCalendar:
 
 
 async def test_a_caller_hanging_up_during_a_tool_call_ends_the_call_and_its_room(
-    conn: dict[str, Any], admin: Admin
+    conn: dict[str, Any], admin: Admin, make_agent: MakeAgent
 ) -> None:
     hanging = HangingCalendar()
     async with hanging as calendar_url:
-        slow = await create_demo_agent(admin, calendar_url)
+        slow = await make_agent(calendar_url)
         async with PhoneCall(conn, slow.phone_number) as call:
             await call.dial()
             await call.join()
@@ -233,16 +237,13 @@ async def test_a_caller_hanging_up_during_a_tool_call_ends_the_call_and_its_room
 async def test_a_killed_worker_fails_the_call_and_its_room_is_removed(
     conn: dict[str, Any], admin: Admin, agent: DemoAgent, stack: Stack
 ) -> None:
-    try:
-        async with PhoneCall(conn, agent.phone_number) as call:
-            await call.dial()
-            await call.join()
-            stack.service("worker").kill()
-            # The caller stays on the line; the platform must notice the agent is gone.
-            logged = await admin.wait_for_call(
-                call.call_sid, until=lambda c: c["status"] != "in_progress", timeout=60
-            )
-            assert logged["status"] == "failed"
-            await wait_gone(call, timeout=30)
-    finally:
-        stack.service("worker").start()
+    async with PhoneCall(conn, agent.phone_number) as call:
+        await call.dial()
+        await call.join()
+        stack.service("worker").kill()
+        # The caller stays on the line; the platform must notice the agent is gone.
+        logged = await admin.wait_for_call(
+            call.call_sid, until=lambda c: c["status"] != "in_progress", timeout=60
+        )
+        assert logged["status"] == "failed"
+        await wait_gone(call, timeout=30)

@@ -197,6 +197,7 @@ async def create_demo_agent(
     phone_number: str | None = None,
     org_name: str | None = None,
     active: bool = True,
+    greeting: str = "Hello, this is {agent_name} from the salon. How can I help you today?",
 ) -> DemoAgent:
     """An organization and an agent that books appointments in the (stand-in) Google Calendar."""
     phone_number = phone_number or random_phone_number()
@@ -206,7 +207,7 @@ async def create_demo_agent(
         organization_id=org_id,
         name=name,
         system_prompt="You book haircuts for the salon. Be brief and friendly.",
-        greeting="Hello, this is {agent_name} from the salon. How can I help you today?",
+        greeting=greeting,
         phone_number=phone_number,
         is_active=active,
     )
@@ -324,7 +325,7 @@ class PhoneCall:
         assert self.answer is not None and self.answer.sip_uri is not None
         return "call_" + sip_user(self.answer.sip_uri)
 
-    async def join(self, greeting_timeout: float = 20.0) -> float:
+    async def join(self, greeting_timeout: float = 30.0) -> float:
         """Join as LiveKit SIP would and wait for the greeting; ms from joining to its audio."""
         self.caller = SimulatedCaller(
             livekit_url=self.conn["livekit_url"],
@@ -346,7 +347,7 @@ class PhoneCall:
 
     async def say(self, line: str) -> None:
         assert self.caller is not None
-        self._print(f"caller speaks: {line}")
+        self._print(f"caller speaks (audio): {line}")
         await self.caller.say(line)
 
     def agent_lines(self) -> list[str]:
@@ -360,7 +361,7 @@ class PhoneCall:
         return [e for e in self.events if e.get("kind") == "tool_invoked"]
 
     async def wait_for_event(
-        self, matches: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+        self, matches: Callable[[dict[str, Any]], bool], timeout: float = 30.0
     ) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
@@ -370,7 +371,7 @@ class PhoneCall:
                 self._new_event.clear()
                 await self._new_event.wait()
 
-    async def wait_for_agent_line(self, after: int, timeout: float = 20.0) -> str:
+    async def wait_for_agent_line(self, after: int, timeout: float = 30.0) -> str:
         """The agent's next transcript line once more than `after` agent lines exist."""
         async with asyncio.timeout(timeout):
             while len(self.agent_lines()) <= after:
