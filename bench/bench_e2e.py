@@ -96,8 +96,11 @@ REPLY_SLACK_MS = 250.0
 STRETCH_LIMIT = 1.10
 # The worker is saturated when its process tree uses this share of the machine's cores.
 SATURATED = 0.9
-# Past real time, the ramp goes on (for CPU and memory figures) until answers take this long.
+# Past real time, the ramp goes on (for CPU and memory figures) until answers take this long,
 GIVE_UP_MS = 3000.0
+# or the callers (this process) fall this far behind their own clock: the step says nothing
+# about the worker then, and a starved WebRTC client can panic on hang-up.
+CALLERS_LATE_MS = 250.0
 WARMUP_CALLS = 2
 STEPS = [1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64]
 QUICK_STEPS = [1, 2, 4]
@@ -625,7 +628,8 @@ async def capacity(
             if baseline_ms is None:
                 baseline_ms = step.reply_p50_ms
             behind = (
-                step.missed > 0
+                step.sender_late_ms > CALLERS_LATE_MS
+                or step.missed > 0
                 or step.reply_p95_ms > baseline_ms + REPLY_SLACK_MS
                 or step.stretch_p95 > STRETCH_LIMIT
             )
@@ -643,6 +647,9 @@ async def capacity(
             # Past the last real-time step the ramp goes on while every answer still comes, for
             # more points of CPU and memory per call.
             if step.missed > 0 or step.reply_p95_ms > GIVE_UP_MS:
+                break
+            if step.sender_late_ms > CALLERS_LATE_MS:
+                stopped = stopped or f"{calls} calls: the simulated callers fell behind"
                 break
     finally:
         stop.set()
@@ -736,6 +743,8 @@ async def run(calls: int, bridge_ms: float, steps: list[int], window: float) -> 
             bridged = await greetings(both, calls, bridge_ms)
             print(f"time to greeting: {calls} calls each, caller joins at once")
             immediate = await greetings(both, calls, 0.0)
+            for name in bridged:
+                print(f"  {name}: {greeting_figures(name + '_', bridged[name], immediate[name])}")
             print(f"capacity of one worker: steps {steps}, {window:.0f} s each")
             capacities = {}
             for each in both:
