@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -97,14 +98,15 @@ async def test_a_worker_catalog_is_upserted_and_missing_tools_become_unavailable
         )
         assert bound.status_code == 201, bound.text
 
+        hang_up = msgspec.structs.replace(code_tool("Hangup"), system=True)
         second = CatalogSyncRequest(
-            worker_id="w2", tools=[code_tool("Calendar", "Calendar, now with rooms.")]
+            worker_id="w2", tools=[code_tool("Calendar", "Calendar, now with rooms."), hang_up]
         )
         reply = decode(
             (await worker.request(CATALOG_SYNC_SUBJECT, encode(second), timeout=10)).data,
             CatalogSyncReply,
         )
-        assert reply.upserted == ["Calendar"]
+        assert reply.upserted == ["Calendar", "Hangup"]
         assert reply.marked_unavailable == ["Crm"]
         catalog = {
             tool["name"]: tool
@@ -113,6 +115,7 @@ async def test_a_worker_catalog_is_upserted_and_missing_tools_become_unavailable
         assert catalog["Crm"]["available"] is False
         assert catalog["Calendar"]["description"] == "Calendar, now with rooms."
         assert catalog["Calendar"]["available"] is True
+        assert (catalog["Hangup"]["system"], catalog["Calendar"]["system"]) == (True, False)
         # The agent still points at the unavailable tool.
         tools = (await registry.request("GET", f"/api/v1/tools/agent/{agent['id']}")).json()
         assert [t["tool_name"] for t in tools] == ["Crm"]

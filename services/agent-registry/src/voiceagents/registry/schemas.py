@@ -188,6 +188,8 @@ class PlatformTool(msgspec.Struct, kw_only=True):
     oauth_provider: str | None
     functions: list[ToolFunctionSpec]
     timeout_seconds: float
+    # On every call whatever the agent binds (end call, transfer); bind it only to configure it.
+    system: bool
     # False for a code tool no voice worker reported in its latest catalog.
     available: bool
     version: int

@@ -57,6 +57,7 @@ def _platform_tool(row: asyncpg.Record) -> PlatformTool:
         oauth_provider=spec.oauth_provider,
         functions=spec.functions,
         timeout_seconds=spec.timeout_seconds,
+        system=spec.system,
         available=row["available"],
         version=row["version"],
         updated_at=row["updated_at"],
