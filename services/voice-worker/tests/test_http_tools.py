@@ -162,3 +162,90 @@ async def test_a_declarative_tool_aimed_inside_without_an_allowlist_is_refused_a
         "refused",
         "RequestRefused",
     )
+
+
+@pytest.fixture
+async def chatty_api() -> AsyncIterator[str]:
+    """An API that answers far more than a caller should hear."""
+
+    async def catalog(request: web.Request) -> web.Response:
+        items = [{"sku": f"S{i}", "description": "x" * 2000} for i in range(100)]
+        return web.json_response({"items": items, "count": 100})
+
+    async def dump(request: web.Request) -> web.StreamResponse:
+        # Chunked, no Content-Length: the cap must hold while reading.
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b"y" * 8192)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/stock/catalog", catalog)
+    app.router.add_get("/stock/dump", dump)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def get_function(path: str) -> ToolFunctionSpec:
+    return ToolFunctionSpec(
+        name="check_stock",
+        description="Stock.",
+        parameters={"type": "object", "properties": {}},
+        http=HttpRequestTemplate(method="GET", url_template="{config.base_url}" + path),
+    )
+
+
+async def test_a_large_json_answer_is_trimmed_to_what_the_model_can_speak(
+    chatty_api: str,
+) -> None:
+    config = {"base_url": chatty_api, "network_allowlist": ["127.0.0.1/32"]}
+    async with guarded_client() as client:
+        answer = await HttpToolExecutor(client).execute(
+            get_function("/stock/catalog"), config, None, {}
+        )
+
+    assert answer["count"] == 100
+    assert len(answer["items"]) == 11
+    assert answer["items"][-1] == "(90 more not shown)"
+    assert answer["items"][0]["description"] == "x" * 500 + "…"
+    assert len(json.dumps(answer)) < 10_000
+
+
+async def test_an_oversized_answer_is_refused_unread_and_the_agent_says_so(
+    chatty_api: str, text_call: Any, make_config: Any
+) -> None:
+    binding = ToolBinding(
+        agent_tool_id="at-stock",
+        tool_name="stock",
+        kind="http",
+        config={"base_url": chatty_api, "network_allowlist": ["127.0.0.1/32"]},
+        functions=[get_function("/stock/dump")],
+    )
+    script = OfflineScript(
+        turns=[
+            ScriptTurn(
+                when="stock",
+                tool_calls=[ScriptToolCall(name="check_stock", arguments={})],
+                after_tools="{result}",
+            )
+        ]
+    )
+    async with guarded_client() as client:
+        call = await text_call(script, make_config(tools=[binding]), http=HttpToolExecutor(client))
+        result = await call.session.run(user_input="What is in stock?")
+
+    spoken = [
+        e.item.text_content
+        for e in result.events
+        if e.type == "message" and e.item.role == "assistant"
+    ]
+    assert spoken == [FAILED_SENTENCE]
+    (event,) = [e for e in call.published if isinstance(e, ToolInvoked)]
+    assert (event.outcome, event.error) == ("error", "ResponseTooLarge")

@@ -12,6 +12,7 @@ internal API without opening it for every tool.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,8 +26,18 @@ from voiceagents.contracts.toolvault import ToolCredentials
 from voiceagents.worker.tools.ssrf import ALLOWLIST_EXTENSION, Allowlist
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
-# Responses larger than this are cut before they reach the model (it reads them aloud).
+# A tool's answer is spoken, never a download: a larger response is refused unread.
+MAX_RESPONSE_BYTES = 256 * 1024
+# What of a response reaches the model (it reads it aloud, and every token costs time):
+# text is cut, JSON keeps its first list items, object keys and characters of each string.
 MAX_RESPONSE_CHARS = 4000
+MAX_LIST_ITEMS = 10
+MAX_OBJECT_KEYS = 40
+MAX_STRING_CHARS = 500
+
+
+class ResponseTooLarge(Exception):
+    """The API answered more than `MAX_RESPONSE_BYTES`."""
 
 
 class TemplateError(ValueError):
@@ -65,11 +76,45 @@ class HttpToolExecutor:
         request = self._client.build_request(template.method, url, headers=headers, json=body)
         # The guard reads it on this request and on every redirect it leads to.
         request.extensions[ALLOWLIST_EXTENSION] = Allowlist.from_config(config)
-        response = await self._client.send(request)
-        response.raise_for_status()
+        response = await self._client.send(request, stream=True)
+        try:
+            response.raise_for_status()
+            body = await _read_capped(response)
+        finally:
+            await response.aclose()
         if "json" in response.headers.get("content-type", ""):
-            return response.json()
-        return response.text[:MAX_RESPONSE_CHARS]
+            return trimmed(json.loads(body))
+        return body.decode(response.encoding or "utf-8", errors="replace")[:MAX_RESPONSE_CHARS]
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        raise ResponseTooLarge(f"response of {declared} bytes")
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise ResponseTooLarge(f"response over {MAX_RESPONSE_BYTES} bytes")
+    return bytes(body)
+
+
+def trimmed(value: Any) -> Any:
+    """A JSON value cut to what a model can use on a call, saying what was left out."""
+    if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+        return value[:MAX_STRING_CHARS] + "…"
+    if isinstance(value, list):
+        kept = [trimmed(item) for item in value[:MAX_LIST_ITEMS]]
+        if len(value) > MAX_LIST_ITEMS:
+            kept.append(f"({len(value) - MAX_LIST_ITEMS} more not shown)")
+        return kept
+    if isinstance(value, dict):
+        items = list(value.items())
+        kept_object = {key: trimmed(item) for key, item in items[:MAX_OBJECT_KEYS]}
+        if len(items) > MAX_OBJECT_KEYS:
+            kept_object["_not_shown"] = f"{len(items) - MAX_OBJECT_KEYS} more fields"
+        return kept_object
+    return value
 
 
 def _values(
