@@ -324,6 +324,16 @@ BOOKING_SCRIPT = OfflineScript(
             ],
             after_tools="{result}",
         ),
+        ScriptTurn(
+            when="check",
+            tool_calls=[
+                ScriptToolCall(
+                    name="check_availability", arguments={"start_time": "tomorrow at 2pm"}
+                )
+            ],
+            # What a real model does with the result: say the caller-ready answer.
+            after_tools="Let me see. {answer}",
+        ),
     ]
 )
 
@@ -360,11 +370,16 @@ async def test_a_booking_call_checks_then_books_and_the_same_slot_cannot_be_book
     assert "between 2:30 and 3 pm tomorrow" in second["answer"]
     assert len([e for e in calendar.events() if e.summary == "Haircut for Ana"]) == 1
 
+    [spoken] = await call.say("Could you check 2pm tomorrow once more?")
+    assert spoken.startswith("Let me see. 2 pm tomorrow is taken.")
+    assert "{" not in spoken
+
     invoked = [e for e in call.events if isinstance(e, ToolInvoked)]
     assert [(e.function, e.outcome) for e in invoked] == [
         ("check_availability", "ok"),
         ("create_event", "ok"),
         ("create_event", "ok"),
+        ("check_availability", "ok"),
     ]
     # The caller's email is marked sensitive: it never reaches a call event.
     assert invoked[1].arguments["attendee_email"] == "[redacted]"

@@ -46,7 +46,7 @@ OFFLINE_SCRIPT_BOOK: dict[str, Any] = {
                         "arguments": {"summary": "Haircut", "start_time": "tomorrow at 2pm"},
                     }
                 ],
-                "after_tools": "{result}",
+                "after_tools": "{answer}",
             },
             {"caller": GOODBYE_LINE, "say": "Thank you for calling. Goodbye!"},
         ]

@@ -10,7 +10,9 @@ it runs in production, without a Google key or a network:
 - it *follows a script* (`OfflineScript`): each caller turn picks the next scripted turn, or the
   turn whose keyword (`when`) appears in the caller's words (text mode, or the scripted `caller`
   line in audio mode); a turn says a sentence and/or calls tools, then answers with the tools'
-  results (`{result}`); a tool result that carries `say_to_caller` is spoken as given; a turn
+  results (`{result}`: their text; `{answer}`: the caller-ready `answer` a built-in tool
+  returns, as a real model would phrase it); a tool result with `say_to_caller` is spoken as
+  given; a turn
   that needs a function the model was not given says it cannot do that, as a model would;
 - it *speaks* synthetic voiced audio at real-time pace after a configurable time-to-first-audio,
   and emits the text of what it says as the transcript.
@@ -64,7 +66,8 @@ class ScriptTurn(msgspec.Struct, frozen=True, kw_only=True):
     caller: str = ""
     say: str = ""
     tool_calls: list[ScriptToolCall] = []
-    # Spoken after the tool results are back; `{result}` is their text.
+    # Spoken after the tool results are back; `{result}` is their text, `{answer}` their
+    # `answer` field (the text where there is none).
     after_tools: str = "{result}"
 
 
@@ -310,6 +313,7 @@ class OfflineRealtimeSession(llm.RealtimeSession[Any]):
                 break
             results.insert(0, item.output)
         spoken: list[str] = []
+        answers: list[str] = []
         for result in results:
             try:
                 decoded = json.loads(result)
@@ -319,8 +323,10 @@ class OfflineRealtimeSession(llm.RealtimeSession[Any]):
                 # A failed tool: say exactly what the worker gave for the caller.
                 return str(decoded["say_to_caller"])
             spoken.append(result)
+            answer = decoded.get("answer") if isinstance(decoded, dict) else None
+            answers.append(answer if isinstance(answer, str) else result)
         template = self._current_turn.after_tools if self._current_turn else "{result}"
-        return template.replace("{result}", " ".join(spoken))
+        return template.replace("{result}", " ".join(spoken)).replace("{answer}", " ".join(answers))
 
     def _start(
         self,
