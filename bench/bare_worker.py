@@ -30,7 +30,8 @@ SIP = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
 
 SCRIPT = msgspec.json.decode(Path(os.environ["BARE_SCRIPT"]).read_bytes(), type=OfflineScript)
 
-server = AgentServer(load_fnc=lambda: 0.0)
+# Port 0: its health endpoint on any free port, so it runs next to other workers.
+server = AgentServer(load_fnc=lambda: 0.0, port=0)
 
 
 @server.rtc_session(agent_name=os.environ.get("BARE_AGENT_NAME", "bare-agent"))
