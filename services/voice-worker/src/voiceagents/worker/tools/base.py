@@ -11,6 +11,7 @@ credentials tool-vault released for this call, and dropped when the call ends.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,8 +109,10 @@ class BaseTool:
         return f"<{type(self).__name__} tool {self.metadata.name!r}>"
 
     @classmethod
-    def functions(cls) -> list[FunctionInfo]:
-        """The class's functions in definition order."""
+    @functools.cache
+    def functions(cls) -> tuple[FunctionInfo, ...]:
+        """The class's functions in definition order. Computed once per class: reading type
+        hints and docstrings costs milliseconds, and every call builds its tools from these."""
         found: list[FunctionInfo] = []
         for name, member in vars_in_mro(cls):
             if name.startswith("_") or not inspect.iscoroutinefunction(member):
@@ -124,7 +127,7 @@ class BaseTool:
                     options=getattr(member, _OPTIONS_ATTR, FunctionOptions()),
                 )
             )
-        return found
+        return tuple(found)
 
 
 def vars_in_mro(cls: type) -> list[tuple[str, Any]]:
