@@ -7,6 +7,7 @@ are declared here once; whoever publishes to one ensures it exists, with exactly
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -92,3 +93,12 @@ async def ensure_buckets(js: JetStreamContext) -> None:
             await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             await js.create_key_value(bucket=bucket, history=5, replicas=_replicas())
+
+
+def stop_if_cancelled() -> None:
+    """Call in a consumer loop's `except` branches. nats-py turns a cancellation into
+    `ConnectionClosedError` when the connection closes at the same moment (shutdown does both):
+    honour the cancellation anyway, or the task loops on and shutdown hangs."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

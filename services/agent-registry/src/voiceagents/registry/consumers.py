@@ -18,6 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from voiceagents.contracts import bus
+
 log = structlog.get_logger("voiceagents.registry.consumers")
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -52,12 +54,12 @@ async def consume(
                 subject, durable=durable, stream=stream, config=config
             )
         except NotFoundError:
-            _stop_if_cancelled()
+            bus.stop_if_cancelled()
             log.info("stream not there yet; waiting", stream=stream)
             await asyncio.sleep(_STREAM_WAIT_SECONDS)
             continue
         except Exception as exc:  # NATS unreachable: the client reconnects, try again
-            _stop_if_cancelled()
+            bus.stop_if_cancelled()
             log.warning("could not subscribe", stream=stream, error=str(exc))
             await asyncio.sleep(_STREAM_WAIT_SECONDS)
             continue
@@ -67,14 +69,14 @@ async def consume(
                 try:
                     messages = await subscription.fetch(_FETCH_BATCH, timeout=_FETCH_TIMEOUT)
                 except NatsTimeoutError:
-                    _stop_if_cancelled()
+                    bus.stop_if_cancelled()
                     continue
                 for message in messages:
                     await handle(message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            _stop_if_cancelled()
+            bus.stop_if_cancelled()
             log.warning("consumer interrupted; resubscribing", stream=stream, error=str(exc))
             await asyncio.sleep(_STREAM_WAIT_SECONDS)
         finally:
@@ -82,11 +84,3 @@ async def consume(
                 await subscription.unsubscribe()
             except Exception:
                 log.debug("unsubscribe failed", exc_info=True)
-
-
-def _stop_if_cancelled() -> None:
-    """nats-py turns a cancellation into `ConnectionClosedError` when the connection closes at
-    the same moment (shutdown does both): honour the cancellation anyway, or the task loops on."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from voiceagents.contracts import bus
 from voiceagents.contracts.calls import (
     CALL_ENDED_SUBJECT,
     CALL_FAILED_SUBJECT,
@@ -93,9 +94,11 @@ class CallEndFollower:
             try:
                 messages = await subscription.fetch(100, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
+                bus.stop_if_cancelled()
                 self.caught_up.set()
                 continue
             except Exception:  # a NATS outage: the client reconnects; keep pulling
+                bus.stop_if_cancelled()
                 log.warning("call-end fetch failed", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
