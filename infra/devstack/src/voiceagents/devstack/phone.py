@@ -275,22 +275,23 @@ class SimulatedCaller:
         self._spawn(read())
 
     async def _listen(self, stream: rtc.AudioStream) -> None:
-        quiet_frames = 0
+        quiet_ms = 0.0
         current: HeardSpeech | None = None
         async for event in stream:
             loud = rms(event.frame.data.cast("B")) >= SPEECH_RMS
             now = time.perf_counter()
             if loud:
-                quiet_frames = 0
+                quiet_ms = 0.0
                 if current is None:
                     current = HeardSpeech(started_at=now)
                     self.speech.append(current)
                     self._speech_ended.clear()
                     self._speech_started.set()
             elif current is not None:
-                quiet_frames += 1
+                # Frames arrive in the stream's size (10 ms from LiveKit), not the 20 ms we send.
+                quiet_ms += 1000 * event.frame.samples_per_channel / event.frame.sample_rate
                 # 800 ms of silence ends a stretch of speech (pauses between words are shorter).
-                if quiet_frames * FRAME_MS >= 800:
+                if quiet_ms >= 800:
                     current.ended_at = now - 0.8
                     current = None
                     self._speech_ended.set()
