@@ -32,12 +32,12 @@ from nats.aio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_registry import admin_key, wait_ready
 from bench.report import percentile, write_results
 from voiceagents.contracts.codec import decode, encode
 from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT, KbSearchReply, KbSearchRequest
 from voiceagents.devstack.servers import NatsServer, PostgresServer, free_port
 from voiceagents.registry import db
-from voiceagents.registry.auth import issue_key
 
 ARTICLES = 1000
 SECTIONS = 10
@@ -111,30 +111,6 @@ class Text:
         return "How do I " + " ".join(words[:count]) + "?"
 
 
-async def _admin_key(dsn: str) -> str:
-    connection = await asyncpg.connect(dsn)
-    try:
-        issued = await issue_key(
-            connection, role="platform_admin", organization_id=None, name="bench"
-        )
-    finally:
-        await connection.close()
-    return issued.key
-
-
-async def _wait_ready(base_url: str, process: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        while process.returncode is None:
-            try:
-                async with session.get(f"{base_url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"registry exited with {process.returncode}")
-
-
 async def _upload(session: aiohttp.ClientSession, base_url: str, org_id: str, seed: int) -> int:
     """ARTICLES articles into one organization; returns how many passages they became."""
     text = Text(seed)
@@ -173,7 +149,7 @@ async def main() -> None:
     with PostgresServer() as postgres, NatsServer() as nats_server:
         dsn = postgres.dsn()
         await asyncio.to_thread(db.migrate, dsn)
-        key = await _admin_key(dsn)
+        key = await admin_key(dsn)
         port = free_port()
         env = {
             **os.environ,
@@ -188,7 +164,7 @@ async def main() -> None:
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
-            await _wait_ready(base_url, process)
+            await wait_ready(base_url, process)
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
                 org_ids = []
                 for name in ("Searched", "Neighbour"):

@@ -40,7 +40,7 @@ LOOKUP_NUMBERS = 10_000
 LOOKUPS = 1_000_000
 
 
-async def _admin_key(dsn: str) -> str:
+async def admin_key(dsn: str) -> str:
     connection = await asyncpg.connect(dsn)
     try:
         issued = await issue_key(
@@ -51,7 +51,8 @@ async def _admin_key(dsn: str) -> str:
     return issued.key
 
 
-async def _wait_ready(base_url: str, process: asyncio.subprocess.Process) -> None:
+async def wait_ready(base_url: str, process: asyncio.subprocess.Process) -> None:
+    """Until the registry process at `base_url` answers /readyz (it exited: an error)."""
     async with aiohttp.ClientSession() as session:
         while process.returncode is None:
             try:
@@ -148,7 +149,7 @@ async def main(seconds: float) -> None:
     with PostgresServer() as postgres, NatsServer() as nats_server:
         dsn = postgres.dsn()
         await asyncio.to_thread(db.migrate, dsn)
-        key = await _admin_key(dsn)
+        key = await admin_key(dsn)
         port = free_port()
         env = {
             **os.environ,
@@ -164,7 +165,7 @@ async def main(seconds: float) -> None:
         base_url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
         try:
-            await _wait_ready(base_url, process)
+            await wait_ready(base_url, process)
             async with aiohttp.ClientSession(headers=headers) as session:
                 async with session.post(
                     f"{base_url}/api/v1/organizations", json={"name": "Bench"}
