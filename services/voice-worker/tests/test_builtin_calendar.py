@@ -196,13 +196,6 @@ async def toolvault_as_toolvault(nats_server: NatsServer) -> AsyncIterator[FakeT
     await nc.close()
 
 
-@pytest.fixture
-async def worker_nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(**nats_server.credentials("worker"))
-    yield nc
-    await nc.close()
-
-
 def calendar_agent(base_url: str, unselected: tuple[str, ...] = ()) -> AgentRuntimeConfig:
     functions = [f for f in function_specs(GoogleCalendar) if f.name not in unselected]
     return AgentRuntimeConfig(
@@ -248,7 +241,7 @@ class Call:
 
 
 @pytest.fixture
-async def start_call(worker_nc: Client) -> AsyncIterator[Any]:
+async def start_call(worker_nats: Client) -> AsyncIterator[Any]:
     sessions: list[Any] = []
 
     async def start(config: AgentRuntimeConfig, script: OfflineScript) -> Call:
@@ -277,7 +270,7 @@ async def start_call(worker_nc: Client) -> AsyncIterator[Any]:
         state = await prepare_call(
             runtime,
             metadata,
-            nc=worker_nc,
+            nc=worker_nats,
             js=None,
             started=0.0,
             events=CallEvents(None, call, on_published=events.append),

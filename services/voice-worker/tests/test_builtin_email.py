@@ -250,13 +250,6 @@ async def vault(nats_server: NatsServer) -> AsyncIterator[ReleasingToolVault]:
 
 
 @pytest.fixture
-async def worker_nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(**nats_server.credentials("worker"))
-    yield nc
-    await nc.close()
-
-
-@pytest.fixture
 async def calls() -> AsyncIterator[list[ScriptedCall]]:
     started: list[ScriptedCall] = []
     yield started
@@ -311,7 +304,7 @@ def send(to: str, summary: str) -> ScriptToolCall:
 async def test_a_booking_is_confirmed_by_email_to_the_address_the_caller_confirmed(
     calendar: GoogleCalendarStandIn,
     vault: ReleasingToolVault,
-    worker_nc: Client,
+    worker_nats: Client,
     calls: list[ScriptedCall],
     starttls_server: MailServer,
     certificate: Certificate,
@@ -350,7 +343,7 @@ async def test_a_booking_is_confirmed_by_email_to_the_address_the_caller_confirm
     call = await open_call(
         scheduler(calendar.base_url, email_config(starttls_server, certificate, "starttls")),
         script,
-        worker_nc,
+        worker_nats,
     )
     calls.append(call)
 
@@ -386,7 +379,7 @@ async def test_a_booking_is_confirmed_by_email_to_the_address_the_caller_confirm
 
 async def test_an_unconfirmed_address_is_refused_and_read_back_to_the_caller(
     vault: ReleasingToolVault,
-    worker_nc: Client,
+    worker_nats: Client,
     calls: list[ScriptedCall],
     starttls_server: MailServer,
     certificate: Certificate,
@@ -400,7 +393,7 @@ async def test_an_unconfirmed_address_is_refused_and_read_back_to_the_caller(
             ScriptTurn(when="yes", tool_calls=[send("bo@example.com", "Your booking.")]),
         ]
     )
-    call = await open_call(config, script, worker_nc)
+    call = await open_call(config, script, worker_nats)
     calls.append(call)
     read_back = "Before I send it, let me check the address: b o at example dot com. Is that right?"
 

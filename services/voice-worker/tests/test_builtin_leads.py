@@ -43,13 +43,6 @@ async def hubspot() -> AsyncIterator[HubSpotStandIn]:
 
 
 @pytest.fixture
-async def worker_nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(**nats_server.credentials("worker"))
-    yield nc
-    await nc.close()
-
-
-@pytest.fixture
 async def vault(nats_server: NatsServer) -> AsyncIterator[ReleasingToolVault]:
     nc = await nats.connect(**nats_server.credentials("toolvault"))
     stand_in = ReleasingToolVault(
@@ -151,10 +144,12 @@ SECOND_CALL = OfflineScript(
 async def test_a_lead_call_creates_then_qualifies_and_a_second_call_updates_the_same_lead(
     hubspot: HubSpotStandIn,
     vault: ReleasingToolVault,
-    worker_nc: Client,
+    worker_nats: Client,
     calls: list[ScriptedCall],
 ) -> None:
-    first = await open_call(lead_agent(hubspot.base_url), FIRST_CALL, worker_nc, from_number=CALLER)
+    first = await open_call(
+        lead_agent(hubspot.base_url), FIRST_CALL, worker_nats, from_number=CALLER
+    )
     calls.append(first)
 
     [noted] = await first.say("Hi, I'm interested in your Pro plan.")
@@ -180,7 +175,7 @@ async def test_a_lead_call_creates_then_qualifies_and_a_second_call_updates_the_
     bo = hubspot.add_contact(firstname="Bo", phone="+14155550999", company="Bo's Bikes")
     assert bo.id == "52"
     second = await open_call(
-        lead_agent(hubspot.base_url), SECOND_CALL, worker_nc, from_number=CALLER
+        lead_agent(hubspot.base_url), SECOND_CALL, worker_nats, from_number=CALLER
     )
     calls.append(second)
 

@@ -77,13 +77,6 @@ async def hubspot() -> AsyncIterator[HubSpotStandIn]:
 
 
 @pytest.fixture
-async def worker_nc(nats_server: NatsServer) -> AsyncIterator[Client]:
-    nc = await nats.connect(**nats_server.credentials("worker"))
-    yield nc
-    await nc.close()
-
-
-@pytest.fixture
 async def vault(nats_server: NatsServer) -> AsyncIterator[ReleasingToolVault]:
     nc = await nats.connect(**nats_server.credentials("toolvault"))
     stand_in = ReleasingToolVault(
@@ -105,7 +98,7 @@ async def start_call(
     twilio: TwilioStandIn,
     hubspot: HubSpotStandIn,
     vault: ReleasingToolVault,
-    worker_nc: Client,
+    worker_nats: Client,
 ) -> AsyncIterator[Any]:
     """A call to an agent with routing and a leads tool, at the time `at`."""
     started: list[ScriptedCall] = []
@@ -151,7 +144,7 @@ async def start_call(
                 )
             ]
         )
-        call = await open_call(config, script, worker_nc, from_number=CALLER)
+        call = await open_call(config, script, worker_nats, from_number=CALLER)
         started.append(call)
         control = call.state.tools.instances["system-call-control"]
         assert isinstance(control, CallControl)
