@@ -13,7 +13,13 @@ import asyncpg
 import msgspec
 import pytest
 
-from voiceagents.toolvault.store import SecretStore, StoreError, VersionConflict, tool_path
+from voiceagents.toolvault.store import (
+    ReleaseReadCache,
+    SecretStore,
+    StoreError,
+    VersionConflict,
+    tool_path,
+)
 from voiceagents.toolvault.vault import VaultConfig, VaultStore
 
 from .conftest import MASTER_KEY, embedded_store
@@ -134,23 +140,96 @@ async def test_a_deleted_secret_is_gone_and_can_be_created_again(store: SecretSt
     assert await store.write(path, doc(a=2), cas=0) == 1
 
 
-async def test_a_release_path_read_sees_this_replicas_own_writes(store: SecretStore) -> None:
-    path = new_path()
-    assert await store.read(path, cached=True) is None
-    await store.write(path, doc(token="first"), cas=0)
-    assert (await store.read(path, cached=True)) == await store.read(path)
-    await store.write(path, doc(token="rotated"), cas=1)
+async def test_the_store_reports_ready(store: SecretStore) -> None:
+    assert await store.ready()
 
-    read = await store.read(path, cached=True)
+
+# -- the release-path read cache, over both backends ------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_release_path_read_sees_this_replicas_own_writes_and_deletes(
+    store: SecretStore,
+) -> None:
+    cache = ReleaseReadCache(store, 60.0)
+    path = new_path()
+    assert await cache.read(path, cached=True) is None
+    await cache.write(path, doc(token="first"), cas=0)
+    await cache.write(path, doc(token="rotated"), cas=1)
+
+    read = await cache.read(path, cached=True)
 
     assert read is not None and read.version == 2
     assert msgspec.json.decode(read.value) == {"token": "rotated"}
-    await store.delete(path)
-    assert await store.read(path, cached=True) is None
+    await cache.delete(path)
+    assert await cache.read(path, cached=True) is None
 
 
-async def test_the_store_reports_ready(store: SecretStore) -> None:
-    assert await store.ready()
+async def test_another_replicas_write_shows_on_the_release_path_once_the_cache_expires(
+    store: SecretStore,
+) -> None:
+    clock = FakeClock()
+    cache = ReleaseReadCache(store, 5.0, clock=clock)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    await store.write(path, doc(token="rotated elsewhere"), cas=1)  # another replica
+
+    stale = await cache.read(path, cached=True)
+    fresh = await cache.read(path)  # what check-and-set writers read
+    clock.now += 5.1
+    expired = await cache.read(path, cached=True)
+
+    assert stale is not None and stale.version == 1
+    assert fresh is not None and fresh.version == 2
+    assert expired is not None and msgspec.json.decode(expired.value) == {
+        "token": "rotated elsewhere"
+    }
+
+
+async def test_a_cache_of_zero_seconds_always_reads_the_backend(store: SecretStore) -> None:
+    cache = ReleaseReadCache(store, 0.0)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    await store.write(path, doc(token="rotated elsewhere"), cas=1)
+
+    read = await cache.read(path, cached=True)
+
+    assert read is not None and read.version == 2
+
+
+async def test_a_failed_write_forgets_the_cached_value(store: SecretStore) -> None:
+    cache = ReleaseReadCache(store, 60.0)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    await store.write(path, doc(token="rotated elsewhere"), cas=1)
+
+    with pytest.raises(VersionConflict):
+        await cache.write(path, doc(token="mine"), cas=1)
+    read = await cache.read(path, cached=True)
+
+    assert read is not None and read.version == 2
+
+
+async def test_the_cache_forgets_its_oldest_entry_when_full(store: SecretStore) -> None:
+    cache = ReleaseReadCache(store, 60.0, entries=3)
+    paths = [new_path() for _ in range(4)]
+    for path in paths:
+        await cache.write(path, doc(token="first"), cas=0)
+    for path in (paths[0], paths[-1]):
+        await store.write(path, doc(token="rotated elsewhere"), cas=1)
+
+    oldest = await cache.read(paths[0], cached=True)
+    newest = await cache.read(paths[-1], cached=True)
+
+    assert oldest is not None and oldest.version == 2  # evicted, so read again
+    assert newest is not None and newest.version == 1
 
 
 # -- embedded only ---------------------------------------------------------------------------

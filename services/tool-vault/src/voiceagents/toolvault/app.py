@@ -44,7 +44,7 @@ from voiceagents.toolvault.metrics import ToolVaultMetrics
 from voiceagents.toolvault.oauth import OAuthFailure, OAuthFlows
 from voiceagents.toolvault.release import ReleaseService
 from voiceagents.toolvault.settings import Settings
-from voiceagents.toolvault.store import SecretStore, ToolSecret
+from voiceagents.toolvault.store import ReleaseReadCache, SecretStore, ToolSecret
 from voiceagents.toolvault.vault import VaultStore
 
 log = structlog.get_logger("voiceagents.toolvault")
@@ -68,7 +68,7 @@ class ToolVault:
 
     settings: Settings
     metrics: ToolVaultMetrics
-    store: SecretStore
+    store: ReleaseReadCache
     nats: NatsClient
     mirror: ConfigMirror
     audit: AuditPublisher
@@ -105,9 +105,9 @@ def _responder(
     return on_message
 
 
-async def start_toolvault(settings: Settings, store: SecretStore | None = None) -> ToolVault:
+async def start_toolvault(settings: Settings) -> ToolVault:
     metrics = ToolVaultMetrics()
-    store = store or make_store(settings)
+    store = ReleaseReadCache(make_store(settings), settings.release_cache_seconds)
     await store.start()
     nc: NatsClient | None = None
     try:
@@ -324,12 +324,12 @@ async def metrics(request: Request[object, object, State]) -> Response[bytes]:
 ROUTES = [oauth_callback, healthz, readyz, metrics]
 
 
-def create_app(settings: Settings | None = None, store: SecretStore | None = None) -> Litestar:
+def create_app(settings: Settings | None = None) -> Litestar:
     """The tool-vault app; `settings` default to the environment, read at startup."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        vault = await start_toolvault(settings or Settings.from_env(), store)
+        vault = await start_toolvault(settings or Settings.from_env())
         app.state.toolvault = vault
         log.info("tool-vault started", backend=vault.store.name)
         try:

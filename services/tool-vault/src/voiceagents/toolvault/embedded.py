@@ -83,6 +83,11 @@ def _wrap_aad(key_id: str, path: str) -> bytes:
     return f"toolvault/v1/key\x00{key_id}\x00{path}".encode()
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on every return to the pool (a round trip per read): the store
+    never changes session state (no SET, LISTEN, advisory locks or open cursors)."""
+
+
 async def migrate(dsn: str) -> None:
     """Create tool-vault's tables (idempotent)."""
     conn = await asyncpg.connect(dsn)
@@ -109,7 +114,11 @@ class EmbeddedStore:
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._pool_size, command_timeout=5.0
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            command_timeout=5.0,
+            reset=_keep_session,
         )
 
     async def close(self) -> None:
@@ -126,8 +135,7 @@ class EmbeddedStore:
         except (OSError, asyncpg.PostgresError, StoreError):
             return False
 
-    async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
-        # One indexed PostgreSQL read is cheap enough: `cached` is ignored.
+    async def read(self, path: str) -> Versioned | None:
         try:
             row = await self.pool.fetchrow(
                 "SELECT version, key_id, wrapped_key, nonce, ciphertext"

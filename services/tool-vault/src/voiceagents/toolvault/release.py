@@ -35,7 +35,7 @@ from voiceagents.toolvault.events import AuditPublisher, new_event_id, now
 from voiceagents.toolvault.grants import GrantRejected, GrantVerifier, Revocations
 from voiceagents.toolvault.metrics import ToolVaultMetrics
 from voiceagents.toolvault.oauth import OAuthFailure, OAuthFlows
-from voiceagents.toolvault.store import SecretStore, StoreError, ToolSecret, tool_path
+from voiceagents.toolvault.store import ReleaseReadCache, StoreError, ToolSecret, tool_path
 
 log = structlog.get_logger("voiceagents.toolvault.release")
 
@@ -49,7 +49,7 @@ class ReleaseService:
         grants: GrantVerifier,
         revocations: Revocations,
         mirror: ConfigMirror,
-        store: SecretStore,
+        store: ReleaseReadCache,
         oauth: OAuthFlows,
         audit: AuditPublisher,
         metrics: ToolVaultMetrics,

@@ -53,7 +53,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     vault_token: str = ""
     vault_namespace: str | None = None
     vault_ca_cert: str | None = None
-    vault_cache_seconds: float = 5.0
+    # How old a secret the release path may answer from memory (store.ReleaseReadCache).
+    release_cache_seconds: float = 5.0
     oauth_providers: dict[str, dict[str, Any]] = {}
     # How long a call can last (the gateway's grant lifetime): how long a revocation is kept.
     max_call_seconds: int = 3600
@@ -70,6 +71,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         parts = urlsplit(self.public_base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SettingsError(f"{PREFIX}PUBLIC_BASE_URL must be an http(s) URL")
+        if self.release_cache_seconds < 0:
+            raise SettingsError(f"{PREFIX}RELEASE_CACHE_SECONDS must not be negative")
         if not self.grant_public_keys:
             raise SettingsError(f"{PREFIX}GRANT_PUBLIC_KEYS must name at least one key")
         for kid, value in self.grant_public_keys.items():
@@ -142,7 +145,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             token=self.vault_token,
             namespace=self.vault_namespace,
             verify=self.vault_ca_cert or True,
-            cache_seconds=self.vault_cache_seconds,
         )
 
     @classmethod

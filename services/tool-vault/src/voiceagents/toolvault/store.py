@@ -10,6 +10,8 @@ Paths: `orgs/<org_id>/tools/<agent_tool_id>` for an agent tool's credentials,
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -40,11 +42,8 @@ class SecretStore(Protocol):
 
     async def ready(self) -> bool: ...
 
-    async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
-        """The current version, or None if the path has no (undeleted) value.
-
-        `cached=True` (the release path only) lets a backend answer from a short-lived cache;
-        anything that will write with check-and-set reads uncached."""
+    async def read(self, path: str) -> Versioned | None:
+        """The current version, or None if the path has no (undeleted) value."""
         ...
 
     async def write(self, path: str, value: bytes, *, cas: int) -> int:
@@ -56,6 +55,74 @@ class SecretStore(Protocol):
     async def delete(self, path: str) -> None:
         """Remove the path and all its versions (idempotent)."""
         ...
+
+
+class ReleaseReadCache:
+    """A secret store whose release-path reads (`cached=True`) may come from memory.
+
+    Without it every release reads the backend once per tool: hvac costs ~1 ms of CPU per Vault
+    request, PostgreSQL a round trip plus unwrapping a data key, and a busy tool-vault spends most
+    of its time there. A cached value is at most `seconds` old, so another replica's write shows
+    up within `seconds` (an access token is refreshed 5 minutes before it expires, so a cached one
+    is still valid); this replica's own writes and deletes update it at once. Everything that
+    writes with check-and-set reads uncached. `seconds=0` turns it off."""
+
+    def __init__(
+        self,
+        backend: SecretStore,
+        seconds: float,
+        *,
+        entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self._seconds = seconds
+        self._entries = entries
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Versioned | None]] = {}
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def ready(self) -> bool:
+        return await self.backend.ready()
+
+    async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
+        if cached:
+            hit = self._cache.get(path)
+            if hit is not None and hit[0] > self._clock():
+                return hit[1]
+        found = await self.backend.read(path)
+        self._remember(path, found)
+        return found
+
+    async def write(self, path: str, value: bytes, *, cas: int) -> int:
+        try:
+            version = await self.backend.write(path, value, cas=cas)
+        except StoreError:
+            # A conflict means another writer moved on; an outage leaves the outcome unknown.
+            self._cache.pop(path, None)
+            raise
+        self._remember(path, Versioned(value=value, version=version))
+        return version
+
+    async def delete(self, path: str) -> None:
+        self._cache.pop(path, None)
+        await self.backend.delete(path)
+
+    def _remember(self, path: str, value: Versioned | None) -> None:
+        if self._seconds <= 0:
+            return
+        now = self._clock()
+        if len(self._cache) >= self._entries:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            while len(self._cache) >= self._entries:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[path] = (now + self._seconds, value)
 
 
 def tool_path(org_id: str, agent_tool_id: str) -> str:

@@ -5,20 +5,12 @@ thread has its own hvac client (requests sessions are not shared across threads)
 current token. Auth is Kubernetes (production), AppRole or a token (compose). The token is
 renewed at two thirds of its lease; a 403 means it expired or was revoked, so the store logs in
 again once and retries. Every write is check-and-set (`options.cas`).
-
-Reads on the release path may be served from a short in-memory cache (`cache_seconds`, 5 s by
-default): hvac costs ~1 ms of CPU per request, and a busy tool-vault would otherwise spend most
-of its time there and load Vault with one read per tool per call. Other replicas' writes show
-up within `cache_seconds` (an access token is refreshed 5 minutes before it expires, so a cached
-one is still valid); everything that writes (OAuth state claims, refresh, connect) reads
-uncached, and this replica's own writes update the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,8 +51,6 @@ class VaultConfig(msgspec.Struct, frozen=True, kw_only=True):
     verify: bool | str = True
     timeout_seconds: int = 5
     threads: int = 8
-    cache_seconds: float = 5.0
-    cache_entries: int = 10_000
 
 
 class VaultStore:
@@ -75,7 +65,6 @@ class VaultStore:
         self._lease_seconds = 0
         self._renewable = False
         self._renewer: asyncio.Task[None] | None = None
-        self._cache: dict[str, tuple[float, Versioned | None]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -103,26 +92,7 @@ class VaultStore:
 
     # -- KV v2 -----------------------------------------------------------------------------------
 
-    async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
-        if cached and self._config.cache_seconds > 0:
-            hit = self._cache.get(path)
-            if hit is not None and hit[0] > time.monotonic():
-                return hit[1]
-        found = await self._read(path)
-        self._remember(path, found)
-        return found
-
-    def _remember(self, path: str, value: Versioned | None) -> None:
-        if self._config.cache_seconds <= 0:
-            return
-        if len(self._cache) >= self._config.cache_entries:
-            now = time.monotonic()
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            while len(self._cache) >= self._config.cache_entries:
-                self._cache.pop(next(iter(self._cache)))
-        self._cache[path] = (time.monotonic() + self._config.cache_seconds, value)
-
-    async def _read(self, path: str) -> Versioned | None:
+    async def read(self, path: str) -> Versioned | None:
         full = self._full(path)
 
         def read(client: hvac.Client) -> Versioned | None:
@@ -156,16 +126,9 @@ class VaultStore:
                 raise
             return int(response["data"]["version"])
 
-        try:
-            version = await self._run(write)
-        except StoreError:
-            self._cache.pop(path, None)
-            raise
-        self._remember(path, Versioned(value=msgspec.json.encode(document), version=version))
-        return version
+        return await self._run(write)
 
     async def delete(self, path: str) -> None:
-        self._cache.pop(path, None)
         full = self._full(path)
         await self._run(
             lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
