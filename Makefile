@@ -15,11 +15,11 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
 $(UV):
-	@python3 -m venv $(UV_HOME) && $(UV_HOME)/bin/pip install -q "uv==$(UV_VERSION)" \
-		|| { echo "install: could not install uv $(UV_VERSION) from PyPI (pip install uv==$(UV_VERSION))" >&2; exit 1; }
+	@mkdir -p .local/log && { python3 -m venv $(UV_HOME) && $(UV_HOME)/bin/pip install -q "uv==$(UV_VERSION)"; } >.local/log/uv.log 2>&1 \
+		|| { echo "install: could not install uv $(UV_VERSION) from PyPI with pip (see .local/log/uv.log)" >&2; exit 1; }
 
 .venv/.synced: $(UV) uv.lock pyproject.toml contracts/pyproject.toml infra/devstack/pyproject.toml $(wildcard services/*/pyproject.toml)
-	@$(UV) sync --all-packages --frozen -q || { echo "install: could not install the Python dependencies (uv sync --all-packages --frozen)" >&2; exit 1; }
+	@mkdir -p .local/log && $(UV) sync --all-packages --frozen -q 2>.local/log/uv-sync.log || { echo "install: could not install the Python dependencies with uv sync --all-packages --frozen (see .local/log/uv-sync.log)" >&2; exit 1; }
 	@touch $@
 
 python: .venv/.synced ## (internal) install the Python dependencies
