@@ -17,10 +17,16 @@ import pytest
 from livekit import api
 
 from voiceagents.contracts.agents import ToolBinding
-from voiceagents.contracts.calls import AgentJoined, CallEnded, ToolInvoked
+from voiceagents.contracts.calls import AgentJoined, CallEnded, ToolInvoked, TranscriptTurn
 from voiceagents.contracts.tools import ToolFunctionSpec
 from voiceagents.devstack.servers import LiveKitServer
-from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
+from voiceagents.worker.offline_model import (
+    SAMPLE_RATE,
+    OfflineScript,
+    ScriptToolCall,
+    ScriptTurn,
+    synthesize,
+)
 from voiceagents.worker.tools.execution import UNAVAILABLE_SENTENCE
 
 pytestmark = pytest.mark.integration
@@ -48,8 +54,13 @@ ORDERS_ONLY = [
 ]
 
 
-def agent_lines(caller: Any) -> list[str]:
-    return [line.text for line in caller.transcript if line.role == "agent"]
+def agent_lines(events: Any, call_sid: str) -> list[str]:
+    """The agent's lines as the call records them (transcript events), in order."""
+    return [
+        e.entry.text
+        for e in events.events
+        if isinstance(e, TranscriptTurn) and e.call_sid == call_sid and e.entry.role == "agent"
+    ]
 
 
 async def test_a_caller_joining_late_hears_the_exact_greeting_first_then_a_tool_answer(
@@ -72,14 +83,14 @@ async def test_a_caller_joining_late_hears_the_exact_greeting_first_then_a_tool_
     caller = placed.caller
     await caller.join()
     await caller.wait_until_agent_quiet()
-    await wait_for_agent_lines(caller, 1)
+    await wait_for_agent_lines(call_events, sid, 1)
     await caller.say("Where is my order five?")
     await caller.wait_until_agent_quiet()
-    await wait_for_agent_lines(caller, 2)
+    await wait_for_agent_lines(call_events, sid, 2)
     await caller.hang_up()
     ended = await call_events.wait_for(CallEnded, sid)
 
-    assert agent_lines(caller) == [GREETING, "Order five has shipped."]
+    assert agent_lines(call_events, sid) == [GREETING, "Order five has shipped."]
     invoked = await call_events.wait_for(ToolInvoked, sid)
     assert (invoked.function, invoked.outcome) == ("lookup_order", "ok")
     assert toolvault.requests[-1].agent_tool_ids == ["at-orders"]
@@ -91,10 +102,54 @@ async def test_a_caller_joining_late_hears_the_exact_greeting_first_then_a_tool_
     assert not [raw for raw in call_events.raw if planted_secret.encode() in raw]
 
 
-async def wait_for_agent_lines(caller: Any, count: int) -> None:
-    async with asyncio.timeout(30):
-        while len(agent_lines(caller)) < count:  # noqa: ASYNC110 - transcript arrives by stream
+async def test_the_agents_voice_is_in_the_room_before_the_caller_who_hears_the_whole_greeting(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+    livekit_server: LiveKitServer,
+) -> None:
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    worker = await start_worker(SCRIPT)
+    placed = await place_call(config, worker.agent_name)
+    await call_events.wait_for(AgentJoined, placed.call.call_sid)
+
+    room = placed.call.room
+    async with asyncio.timeout(10):  # the server API has no event for a published track
+        while not (tracks := await agent_audio_tracks(livekit_server, room)):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+    await placed.caller.join()
+    heard = await placed.caller.wait_until_agent_quiet()
+
+    assert tracks == ["agent_voice"]
+    assert heard.ended_at is not None
+    spoken = len(synthesize(GREETING, config.voice)) / 2 / SAMPLE_RATE
+    # Held until the caller had subscribed: none of it is lost to the join (frames are 10 ms;
+    # the phrase ends in 60 ms of silence).
+    assert heard.ended_at - heard.started_at == pytest.approx(spoken, abs=0.12)
+
+
+async def agent_audio_tracks(livekit: LiveKitServer, room: str) -> list[str]:
+    lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
+    try:
+        response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    finally:
+        await lkapi.aclose()
+    return [
+        track.name
+        for p in response.participants
+        if p.kind == api.ParticipantInfo.Kind.AGENT
+        for track in p.tracks
+        if track.type == api.TrackType.AUDIO
+    ]
+
+
+async def wait_for_agent_lines(events: Any, call_sid: str, count: int) -> None:
+    async with asyncio.timeout(30):
+        while len(agent_lines(events, call_sid)) < count:
+            events.changed.clear()
+            await events.changed.wait()
 
 
 async def test_a_full_worker_gets_no_more_calls_and_sigterm_lets_the_running_call_finish(
@@ -124,11 +179,11 @@ async def test_a_full_worker_gets_no_more_calls_and_sigterm_lets_the_running_cal
     assert not await agents_in(livekit_server, third.call.room)
     await first.caller.say("Where is my order five?")
     await first.caller.wait_until_agent_quiet()
-    await wait_for_agent_lines(first.caller, 2)
+    await wait_for_agent_lines(call_events, first.call.call_sid, 2)
     await first.caller.hang_up()
 
     assert await worker.process.wait() == 0
-    assert agent_lines(first.caller) == [GREETING, "Order five has shipped."]
+    assert agent_lines(call_events, first.call.call_sid) == [GREETING, "Order five has shipped."]
     ended = await call_events.wait_for(CallEnded, first.call.call_sid)
     assert ended.ended_by == "caller"
 
@@ -193,14 +248,14 @@ async def test_without_tool_vault_the_call_greets_explains_and_the_agent_ends_it
     caller = placed.caller
     await caller.join()
     await caller.wait_until_agent_quiet()
-    await wait_for_agent_lines(caller, 1)
+    await wait_for_agent_lines(call_events, sid, 1)
     await caller.say("Where is my order five?")
     await caller.wait_until_agent_quiet()
-    await wait_for_agent_lines(caller, 2)
+    await wait_for_agent_lines(call_events, sid, 2)
     await caller.say("Thanks, bye.")
     ended = await call_events.wait_for(CallEnded, sid)
 
-    assert agent_lines(caller)[:2] == [GREETING, UNAVAILABLE_SENTENCE]
+    assert agent_lines(call_events, sid)[:2] == [GREETING, UNAVAILABLE_SENTENCE]
     invoked = [e for e in call_events.events if isinstance(e, ToolInvoked) and e.call_sid == sid]
     assert [(e.function, e.outcome) for e in invoked] == [
         ("lookup_order", "unavailable"),
@@ -238,7 +293,7 @@ async def test_health_and_a_job_process_killed_mid_call_ends_the_call_as_failed(
         placed = await place_call(config, worker.agent_name)
         await placed.caller.join()
         await placed.caller.wait_until_agent_quiet()
-        await wait_for_agent_lines(placed.caller, 1)
+        await wait_for_agent_lines(call_events, placed.call.call_sid, 1)
         os.kill(call_pid(worker, placed.call.call_sid), signal.SIGKILL)
         ended = await call_events.wait_for(CallEnded, placed.call.call_sid)
 

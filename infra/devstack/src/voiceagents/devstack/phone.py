@@ -268,7 +268,10 @@ class SimulatedCaller:
 
     def _on_transcription(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
         async def read() -> None:
-            text = await reader.read_all()
+            try:
+                text = await reader.read_all()
+            except rtc.StreamError:
+                return  # the call ended mid-line
             if text.strip() and participant_identity != self.room.local_participant.identity:
                 self.transcript.append(TranscriptLine("agent", text.strip(), time.perf_counter()))
 
