@@ -35,7 +35,7 @@ from twilio.request_validator import RequestValidator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import percentile, write_results
+from bench.report import cpu_seconds, percentile, write_results
 from voiceagents.contracts import bus
 from voiceagents.contracts.agents import (
     AGENT_CONFIG_BUCKET,
@@ -193,12 +193,6 @@ async def bind_numbers(nats_server: NatsServer) -> list[str]:
         numbers.append(number)
     await nc.close()
     return numbers
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_ready(

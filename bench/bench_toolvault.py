@@ -27,6 +27,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import jwt
 import nats
@@ -38,7 +39,7 @@ from nats.aio.client import Client as NatsClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import percentile, write_results  # noqa: E402
+from bench.report import cpu_seconds, percentile, write_results  # noqa: E402
 from voiceagents.contracts import bus  # noqa: E402
 from voiceagents.contracts.agents import (  # noqa: E402
     AGENT_CONFIG_BUCKET,
@@ -179,9 +180,20 @@ async def release(nc: NatsClient, grant_token: str, tool_ids: list[str]) -> bool
     return len(decode(opened, ReleasedCredentials).credentials) == len(tool_ids)
 
 
+class Run(NamedTuple):
+    latencies_ms: list[float]
+    errors: int
+    server_cpu_ms_per_release: float
+    client_cpu_ms_per_release: float
+
+
 async def load(
-    nats_server: NatsServer, agents: list[AgentRuntimeConfig], seconds: float, rate: int
-) -> tuple[list[float], int]:
+    nats_server: NatsServer,
+    agents: list[AgentRuntimeConfig],
+    seconds: float,
+    rate: int,
+    server_pid: int,
+) -> Run:
     nc = await nats.connect(**nats_server.credentials("worker"))
     work = [(grant(a), [t.agent_tool_id for t in a.tools]) for a in agents]
     # Warm up until every agent's tools release (the mirror and pools are filled).
@@ -208,6 +220,7 @@ async def load(
 
     total = int(rate * seconds)
     tasks = []
+    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
     start = time.perf_counter()
     for i in range(total):
         delay = start + i / rate - time.perf_counter()
@@ -215,13 +228,14 @@ async def load(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     await nc.close()
-    return latencies, errors
+    return Run(latencies, errors, server_cpu * 1000 / total, client_cpu * 1000 / total)
 
 
 def run_backend(
     nats_server: NatsServer, seconds: float, rate: int, backend: dict[str, str], log: Path
-) -> tuple[list[float], int]:
+) -> Run:
     port = free_port()
     env = environment(nats_server, port, **backend)
     python = sys.executable
@@ -242,10 +256,10 @@ def run_backend(
     try:
         wait_ready(port, process, log)
 
-        async def run() -> tuple[list[float], int]:
+        async def run() -> Run:
             agents = await seed(nats_server)
             await store_secrets(nats_server, agents)
-            return await load(nats_server, agents, seconds, rate)
+            return await load(nats_server, agents, seconds, rate, process.pid)
 
         return asyncio.run(run())
     finally:
@@ -260,7 +274,6 @@ def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="bench-toolvault-"))
     figures: dict[str, float] = {}
-    errors = 0
     with NatsServer() as nats_server, PostgresServer() as postgres:
         master = base64.b64encode(os.urandom(32)).decode()
         embedded = {
@@ -269,12 +282,11 @@ def main() -> None:
             "master_keys": json.dumps({"m1": master}),
             "master_key_id": "m1",
         }
-        latencies, failed = run_backend(
-            nats_server, args.seconds, args.rate, embedded, logs / "embedded.log"
-        )
-        figures["release_embedded_p50_ms"] = percentile(latencies, 50)
-        figures["release_embedded_p99_ms"] = percentile(latencies, 99)
-        errors += failed
+        runs = {
+            "embedded": run_backend(
+                nats_server, args.seconds, args.rate, embedded, logs / "embedded.log"
+            )
+        }
 
         standin = subprocess.Popen(
             [sys.executable, str(VAULT_STANDIN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -288,17 +300,22 @@ def main() -> None:
                 "vault_auth": "token",
                 "vault_token": vault["token"],
             }
-            latencies, failed = run_backend(
+            runs["vault"] = run_backend(
                 nats_server, args.seconds, args.rate, backend, logs / "vault.log"
             )
         finally:
             assert standin.stdin is not None
             standin.stdin.close()
             standin.wait(timeout=10)
-        figures["release_vault_p50_ms"] = percentile(latencies, 50)
-        figures["release_vault_p99_ms"] = percentile(latencies, 99)
-        errors += failed
-    figures["release_errors"] = float(errors)
+    for name, run in runs.items():
+        figures[f"release_{name}_p50_ms"] = percentile(run.latencies_ms, 50)
+        figures[f"release_{name}_p99_ms"] = percentile(run.latencies_ms, 99)
+    figures["release_errors"] = float(sum(run.errors for run in runs.values()))
+    for name, run in runs.items():
+        # Where the machine's two cores go: tool-vault itself, and the simulated workers.
+        figures[f"release_{name}_server_cpu_ms"] = run.server_cpu_ms_per_release
+        figures[f"release_{name}_client_cpu_ms"] = run.client_cpu_ms_per_release
+    figures["load_1m_after"] = os.getloadavg()[0]
     write_results(
         "toolvault",
         figures,
