@@ -45,12 +45,13 @@ import asyncio
 import os
 import re
 import secrets
+import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,8 +266,11 @@ async def stop_process(process: asyncio.subprocess.Process) -> None:
             async with asyncio.timeout(30):
                 await process.wait()
         except TimeoutError:
-            process.kill()
-            await process.wait()
+            pass
+    # Whatever it left behind (its forkserver and job processes share its process group).
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
 
 
 @asynccontextmanager
@@ -285,7 +289,7 @@ async def bare(livekit: LiveKitServer, workdir: Path) -> AsyncIterator[Target]:
         with log_path.open("wb") as log:
             worker = await asyncio.create_subprocess_exec(
                 sys.executable, str(BENCH_DIR / "bare_worker.py"), "start",
-                env=env, stdout=log, stderr=log,
+                env=env, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         stack.push_async_callback(stop_process, worker)
         lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -281,8 +282,10 @@ class WorkerProcess:
         await wait_until(logged, timeout, f"worker log line {text!r}")
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
+        # The whole process group: SIGKILL to the main process alone leaves its forkserver and
+        # warm job processes running (they hold each other's pipes open) after the test run.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
 
 
@@ -334,6 +337,7 @@ async def start_worker(
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so stop() reaches every child
             )
         worker = WorkerProcess(process, log_path, agent_name, metrics_port)
         started.append(worker)
