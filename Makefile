@@ -9,7 +9,7 @@ PY := .venv/bin/python
 export UV_PYTHON ?= python3
 export UV_PROJECT_ENVIRONMENT := .venv
 
-.PHONY: help demo dev call test lint bench infra-install infra-up infra-down catalog
+.PHONY: help demo dev call test lint bench bench-install infra-install infra-up infra-down catalog
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -53,8 +53,11 @@ infra-down: python ## Stop what infra-up started
 catalog: python ## Print the tool catalog (JSON) the voice worker reports to the registry
 	@$(PY) -m voiceagents.worker.tools.print_catalog
 
-bench: python infra-install ## Run every benchmark under bench/ (tables + bench/results/*.json)
+bench: python bench-install ## Run every benchmark under bench/ (tables + bench/results/*.json)
 	@for b in bench/bench_*.py; do $(PY) $$b || exit 1; done
 
-bench-%: python infra-install ## Run one benchmark: make bench-registry, bench-gateway, ...
+bench-%: python bench-install ## Run one benchmark: make bench-registry, bench-gateway, ...
 	@$(PY) bench/bench_$*.py
+
+bench-install: ## (internal) infra-install plus the benchmarks' HTTP load generator
+	@./infra/install.sh --bench

@@ -41,3 +41,7 @@ apt_install "postgresql-$POSTGRES_MAJOR" espeak-ng sox
 go_install nats-server github.com/nats-io/nats-server/v2 "$NATS_SERVER_VERSION" nats-server
 go_install livekit-server github.com/livekit/livekit-server/cmd/server "$LIVEKIT_SERVER_VERSION" server
 go_install kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION" kustomize
+if [ "${1:-}" = "--bench" ]; then
+  # An HTTP load generator that needs far less CPU than the server it measures on the same cores.
+  go_install bombardier github.com/codesenberg/bombardier "$BOMBARDIER_VERSION" bombardier
+fi
