@@ -13,12 +13,14 @@ import signal
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from livekit import api
 
 from voiceagents.contracts.agents import ToolBinding
 from voiceagents.contracts.calls import AgentJoined, CallEnded, ToolInvoked, TranscriptTurn
 from voiceagents.contracts.tools import ToolFunctionSpec
+from voiceagents.devstack.phone import SPEECH_RMS
 from voiceagents.devstack.servers import LiveKitServer
 from voiceagents.worker.offline_model import (
     SAMPLE_RATE,
@@ -102,7 +104,7 @@ async def test_a_caller_joining_late_hears_the_exact_greeting_first_then_a_tool_
     assert not [raw for raw in call_events.raw if planted_secret.encode() in raw]
 
 
-async def test_the_agents_voice_is_in_the_room_before_the_caller_who_hears_the_whole_greeting(
+async def test_the_agents_voice_is_in_the_room_before_the_caller_who_hears_all_the_greeting(
     start_worker: Any,
     place_call: Any,
     agent_in_kv: Any,
@@ -123,11 +125,19 @@ async def test_the_agents_voice_is_in_the_room_before_the_caller_who_hears_the_w
     heard = await placed.caller.wait_until_agent_quiet()
 
     assert tracks == ["agent_voice"]
-    assert heard.ended_at is not None
-    spoken = len(synthesize(GREETING, config.voice)) / 2 / SAMPLE_RATE
-    # Held until the caller had subscribed: none of it is lost to the join (frames are 10 ms;
-    # the phrase ends in 60 ms of silence).
-    assert heard.ended_at - heard.started_at == pytest.approx(spoken, abs=0.12)
+    # Held until the caller had subscribed: none of it is lost to the join, where a clipped
+    # start loses a whole first word (>= 250 ms). The codec smears word edges, so a few more
+    # frames than rendered count as loud (2.96 s heard for 2.92 s rendered, quiet machine).
+    assert heard.loud_seconds >= loud_seconds(GREETING, config.voice) - 0.06
+
+
+def loud_seconds(text: str, voice: str) -> float:
+    """How much of the offline voice's rendering of `text` is loud, in 10 ms frames."""
+    samples = np.frombuffer(synthesize(text, voice), dtype=np.int16).astype(np.float32)
+    frame = SAMPLE_RATE // 100
+    frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
+    loud = np.sqrt((frames * frames).mean(axis=1)) >= SPEECH_RMS
+    return float(loud.sum()) / 100
 
 
 async def agent_audio_tracks(livekit: LiveKitServer, room: str) -> list[str]:

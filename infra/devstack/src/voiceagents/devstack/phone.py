@@ -157,6 +157,8 @@ class HeardSpeech:
 
     started_at: float
     ended_at: float | None = None
+    # How much of it was loud, by the frames' own lengths (arrival times jitter under load).
+    loud_seconds: float = 0.0
 
 
 @dataclass
@@ -290,6 +292,7 @@ class SimulatedCaller:
                     self.speech.append(current)
                     self._speech_ended.clear()
                     self._speech_started.set()
+                current.loud_seconds += event.frame.samples_per_channel / event.frame.sample_rate
             elif current is not None:
                 # Frames arrive in the stream's size (10 ms from LiveKit), not the 20 ms we send.
                 quiet_ms += 1000 * event.frame.samples_per_channel / event.frame.sample_rate
