@@ -2,10 +2,8 @@
 
 The moment a job starts, the worker prepares everything the call needs — the agent's runtime
 config from memory, the tools' credentials from tool-vault, the tool list, the greeting audio,
-the model session, the agent's audio track — while LiveKit SIP is still bridging the caller. The
-greeting is queued at once and plays, first and word for word, the moment the caller's line has
-subscribed to the agent's track (the caller's SIP leg is the only other participant a call room
-gets).
+the model session — while LiveKit SIP is still bridging the caller. When the caller's SIP
+participant joins, the greeting plays at once, first and word for word.
 """
 
 from __future__ import annotations
@@ -65,7 +63,6 @@ from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 log = structlog.get_logger("voiceagents.worker.call")
 
 CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
-AUDIO_SAMPLE_RATE = 24_000  # what both realtime models speak
 NATS_CONNECT_SECONDS = 2.0
 # The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
 # detector): no local VAD or turn-detector model is loaded.
@@ -73,8 +70,6 @@ TURN_HANDLING: TurnHandlingOptions = {"turn_detection": "realtime_llm"}
 ROOM_OPTIONS = room_io.RoomOptions(
     participant_kinds=CALLER_KINDS,
     close_on_disconnect=True,
-    # The agent's audio track is `AgentAudioTrack`, published before the caller is there.
-    audio_output=False,
     # A phone caller sees no captions: pacing the transcript to the audio (an STFT per frame)
     # would only cost CPU, a call's scarcest resource.
     text_output=room_io.TextOutputOptions(sync_transcription=False),
@@ -312,43 +307,6 @@ async def greet(
         handle.add_done_callback(lambda _: session.input.set_audio_enabled(True))
 
 
-class AgentAudioTrack(room_io._ParticipantAudioOutput):
-    """The agent's voice in the room, published as soon as the job has joined.
-
-    livekit-agents' own room output publishes its track only once the caller is in the room;
-    the caller then waits for that publish and for a second subscription round trip before the
-    greeting can reach them (~150-250 ms on loopback). Published while LiveKit SIP is still
-    bridging, the track is already there when the caller joins and is subscribed as part of the
-    join. Audio is held until the caller has subscribed, so the greeting is never clipped."""
-
-    def __init__(self, room: rtc.Room) -> None:
-        super().__init__(
-            room,
-            sample_rate=AUDIO_SAMPLE_RATE,
-            num_channels=1,
-            track_publish_options=rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
-            track_name="agent_voice",
-        )
-        self._publishing: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> AgentAudioTrack:
-        # start() returns once the caller has subscribed; that happens later, in the call.
-        self._publishing = asyncio.create_task(self.start())
-        self._publishing.add_done_callback(_log_publish_failure)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._publishing is not None:
-            self._publishing.cancel()
-            await asyncio.gather(self._publishing, return_exceptions=True)
-        await self.aclose()
-
-
-def _log_publish_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the agent's audio track was not published", error=repr(task.exception()))
-
-
 def new_session(model: llm.RealtimeModel, state: CallState) -> AgentSession[CallState]:
     """The call's agent session; every transcript line also goes out as a call event."""
     session: AgentSession[CallState] = AgentSession(
@@ -468,21 +426,11 @@ async def run_session(
             closed.set_result(event)
 
     session.on("close", on_close)
-    async with AgentAudioTrack(ctx.room) as audio:
-        session.output.audio = audio
-        await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
-        # Queued now, heard from the moment the caller's line subscribes to the agent's track:
-        # LiveKit tells the agent about that 50-150 ms before it announces the caller as a
-        # participant. The greeting's room caption is lost that way (RoomIO publishes captions
-        # only once it has linked the caller; a phone shows none); the call's transcript events
-        # carry it.
-        greeted = asyncio.create_task(
-            greet(session, config, greeting, runtime.settings.greeting_render_seconds)
-        )
-        await ctx.wait_for_participant(kind=CALLER_KINDS)
-        answered = time.perf_counter()
-        await greeted
-        close = await closed
+    await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
+    await ctx.wait_for_participant(kind=CALLER_KINDS)
+    answered = time.perf_counter()
+    await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
+    close = await closed
     caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
     if state.ended_by_agent is not None:
         ended_by: EndedBy = "agent"
