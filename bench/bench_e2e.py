@@ -262,11 +262,9 @@ def ours(stack: Stack) -> Target:
 async def stop_process(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         process.terminate()
-        try:
+        with suppress(TimeoutError):
             async with asyncio.timeout(30):
                 await process.wait()
-        except TimeoutError:
-            pass
     # Whatever it left behind (its forkserver and job processes share its process group).
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)

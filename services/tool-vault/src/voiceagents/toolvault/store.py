@@ -75,7 +75,7 @@ class ReleaseReadCache:
         entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.backend = backend
+        self._backend = backend
         self.name = backend.name
         self._seconds = seconds
         self._entries = entries
@@ -83,26 +83,26 @@ class ReleaseReadCache:
         self._cache: dict[str, tuple[float, Versioned | None]] = {}
 
     async def start(self) -> None:
-        await self.backend.start()
+        await self._backend.start()
 
     async def close(self) -> None:
-        await self.backend.close()
+        await self._backend.close()
 
     async def ready(self) -> bool:
-        return await self.backend.ready()
+        return await self._backend.ready()
 
     async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
         if cached:
             hit = self._cache.get(path)
             if hit is not None and hit[0] > self._clock():
                 return hit[1]
-        found = await self.backend.read(path)
+        found = await self._backend.read(path)
         self._remember(path, found)
         return found
 
     async def write(self, path: str, value: bytes, *, cas: int) -> int:
         try:
-            version = await self.backend.write(path, value, cas=cas)
+            version = await self._backend.write(path, value, cas=cas)
         except StoreError:
             # A conflict means another writer moved on; an outage leaves the outcome unknown.
             self._cache.pop(path, None)
@@ -112,7 +112,7 @@ class ReleaseReadCache:
 
     async def delete(self, path: str) -> None:
         self._cache.pop(path, None)
-        await self.backend.delete(path)
+        await self._backend.delete(path)
 
     def _remember(self, path: str, value: Versioned | None) -> None:
         if self._seconds <= 0:
