@@ -64,7 +64,7 @@ from livekit import api, rtc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.report import percentile, write_results
+from bench.report import cpu_seconds, percentile, tree_processes, write_results
 from voiceagents.devstack.phone import (
     FRAME_MS,
     SAMPLE_RATE,
@@ -470,22 +470,6 @@ async def greetings(targets: list[Target], calls: int, bridge_ms: float) -> dict
 # -- 2. capacity -------------------------------------------------------------------------------
 
 
-def tree_processes(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for process in tree_processes(pid):
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def tree_uss_mb(pid: int) -> float:
     total = 0
     for process in tree_processes(pid):
@@ -592,7 +576,7 @@ async def capacity(
             await asyncio.sleep(3.0)
             for caller, _ in live:
                 caller.reset_stats()
-            cpu0 = (tree_cpu_seconds(target.worker_pid), process_cpu_seconds(livekit))
+            cpu0 = (cpu_seconds(target.worker_pid), process_cpu_seconds(livekit))
             bench0, machine0 = process_cpu_seconds(me), psutil.cpu_times()
             started = time.perf_counter()
             await asyncio.sleep(window)
@@ -603,7 +587,7 @@ async def capacity(
             stretches = [h / spoken_s for c, _ in live for h in c.heard_s]
             step = Step(
                 calls=calls,
-                worker_cores=(tree_cpu_seconds(target.worker_pid) - cpu0[0]) / elapsed,
+                worker_cores=(cpu_seconds(target.worker_pid) - cpu0[0]) / elapsed,
                 livekit_cores=(process_cpu_seconds(livekit) - cpu0[1]) / elapsed,
                 bench_cores=(process_cpu_seconds(me) - bench0) / elapsed,
                 idle_share=(machine1.idle - machine0.idle) / busy if busy else 0.0,

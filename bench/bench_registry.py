@@ -1,8 +1,10 @@
 """Registry: read throughput of the admin API, write-to-KV propagation, and mirror lookups.
 
-1. `GET /api/v1/agents/{id}` against one registry *process* (`python -m voiceagents.registry
-   serve`, uvloop + httptools) at concurrency 32 for 20 s (closed loop: bombardier's 32
-   connections, each sending its next request when the previous one is answered).
+1. `GET /api/v1/agents/{id}` against one registry (`python -m voiceagents.registry serve`:
+   Granian with one worker process on uvloop) at concurrency 32 for 20 s (closed loop:
+   bombardier's 32 connections, each sending its next request when the previous one is
+   answered). Logs at warning: at info the JSON access-log line costs about a quarter of
+   the throughput.
 2. Propagation: `PUT` an agent, then wait until a `ConfigMirror` in *this* process (another
    process than the registry) holds the new version: commit -> NOTIFY -> relay -> JetStream
    publish -> KV update -> KV watch. p50/p99 over 1,000 sequential updates.

@@ -4,10 +4,11 @@ numbers in bench/results/<name>.json (the unit is in each key: _ms, _us, _rps, _
 from __future__ import annotations
 
 import json
-import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -21,10 +22,22 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[rank]
 
 
+def tree_processes(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its descendants (a server's forked
+    workers, a voice worker's job processes), including those that have exited."""
+    total = 0.0
+    for process in tree_processes(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def write_results(

@@ -26,6 +26,8 @@ def test_settings_refuse_placeholders_outside_dev_mode() -> None:
         Settings.from_env({**env, "VA_NATS_REGISTRY_PASSWORD": "a-real-one"})
     with pytest.raises(SettingsError, match="VA_REGISTRY_PORT"):
         Settings.from_env({**env, "VA_REGISTRY_PORT": "eighty", "VA_REGISTRY_DEV_MODE": "true"})
+    with pytest.raises(SettingsError, match="VA_REGISTRY_LOG_LEVEL"):
+        Settings.from_env({**env, "VA_REGISTRY_LOG_LEVEL": "loud", "VA_REGISTRY_DEV_MODE": "true"})
     dev = Settings.from_env({**env, "VA_REGISTRY_DEV_MODE": "true", "VA_NATS_URL": "nats://n:1"})
     assert (dev.nats_url, dev.port) == ("nats://n:1", 8081)
 

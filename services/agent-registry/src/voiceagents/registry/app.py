@@ -244,6 +244,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await stop_registry(registry)
+            log.info("registry stopped")
 
     return Litestar(
         route_handlers=[

@@ -11,6 +11,7 @@ import msgspec
 PREFIX = "VA_REGISTRY_"
 # Values that say "nobody configured this"; refused outside dev mode.
 PLACEHOLDERS = frozenset({"", "changeme", "change-me", "secret", "dev", "devsecret", "placeholder"})
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 class SettingsError(ValueError):
@@ -41,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}DSN must be a postgresql://user:password@host/db URL")
         if not 1 <= self.pool_min_size <= self.pool_max_size:
             raise SettingsError(f"{PREFIX}POOL_MIN_SIZE must be >= 1 and <= {PREFIX}POOL_MAX_SIZE")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.auth_cache_seconds < 0:
             raise SettingsError(f"{PREFIX}AUTH_CACHE_SECONDS must not be negative")
         if not self.dev_mode:
