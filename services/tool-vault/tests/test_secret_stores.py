@@ -18,6 +18,7 @@ from voiceagents.toolvault.store import (
     SecretStore,
     StoreError,
     VersionConflict,
+    Versioned,
     tool_path,
 )
 from voiceagents.toolvault.vault import VaultConfig, VaultStore
@@ -230,6 +231,119 @@ async def test_the_cache_forgets_its_oldest_entry_when_full(store: SecretStore) 
 
     assert oldest is not None and oldest.version == 2  # evicted, so read again
     assert newest is not None and newest.version == 1
+
+
+class ObservedStore:
+    """A backend wrapper that counts reads, can fail them, and can hold a read's answer back
+    (what it read stays what it read, as when a write lands while the answer is on its way)."""
+
+    def __init__(self, backend: SecretStore) -> None:
+        self._backend = backend
+        self.name = backend.name
+        self.reads = 0
+        self.fail = False
+        self.hold: asyncio.Event | None = None
+        self.holding = asyncio.Event()
+        self.read_finished = asyncio.Event()
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> bool:
+        return True
+
+    async def read(self, path: str) -> Versioned | None:
+        self.reads += 1
+        try:
+            if self.fail:
+                raise StoreError("the backend is unreachable")
+            found = await self._backend.read(path)
+            if self.hold is not None:
+                self.holding.set()
+                await self.hold.wait()
+            return found
+        finally:
+            self.read_finished.set()
+
+    async def write(self, path: str, value: bytes, *, cas: int) -> int:
+        return await self._backend.write(path, value, cas=cas)
+
+    async def delete(self, path: str) -> None:
+        await self._backend.delete(path)
+
+
+async def served_version(cache: ReleaseReadCache, path: str, version: int) -> None:
+    """Until the release path answers `version` (a background refresh has landed)."""
+    async with asyncio.timeout(5):
+        while True:
+            read = await cache.read(path, cached=True)
+            if read is not None and read.version == version:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_value_near_expiry_is_served_from_memory_while_one_read_refreshes_it(
+    store: SecretStore,
+) -> None:
+    clock = FakeClock()
+    observed = ObservedStore(store)
+    cache = ReleaseReadCache(observed, 5.0, clock=clock)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    await store.write(path, doc(token="rotated elsewhere"), cas=1)  # another replica
+    clock.now += 4.1  # past the refresh point (<= 80 % of 5 s), before expiry
+
+    answers = await asyncio.gather(*(cache.read(path, cached=True) for _ in range(20)))
+    await served_version(cache, path, 2)
+
+    assert all(a is not None and a.version == 1 for a in answers)  # none waited for the backend
+    assert observed.reads == 1  # one refresh for twenty releases
+    clock.now += 4.9  # the refreshed value is younger than its own expiry
+    still = await cache.read(path, cached=True)
+    assert still is not None and still.version == 2
+
+
+async def test_a_failed_refresh_keeps_the_value_until_it_expires(store: SecretStore) -> None:
+    clock = FakeClock()
+    observed = ObservedStore(store)
+    cache = ReleaseReadCache(observed, 5.0, clock=clock)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    observed.fail = True
+    clock.now += 4.1
+
+    served = await cache.read(path, cached=True)
+    async with asyncio.timeout(5):
+        await observed.read_finished.wait()  # the refresh failed
+    clock.now += 1.0
+
+    assert served is not None and served.version == 1
+    with pytest.raises(StoreError):
+        await cache.read(path, cached=True)  # expired: the release path sees the outage
+
+
+async def test_a_refresh_that_read_before_this_replicas_write_does_not_undo_it(
+    store: SecretStore,
+) -> None:
+    clock = FakeClock()
+    observed = ObservedStore(store)
+    cache = ReleaseReadCache(observed, 5.0, clock=clock)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    observed.hold = asyncio.Event()
+    clock.now += 4.1
+    await cache.read(path, cached=True)  # starts a refresh, which reads version 1 and waits
+    async with asyncio.timeout(5):
+        await observed.holding.wait()
+
+    await cache.write(path, doc(token="rotated here"), cas=1)
+    observed.hold.set()
+    await asyncio.sleep(0.05)
+    read = await cache.read(path, cached=True)
+
+    assert read is not None and read.version == 2
+    assert msgspec.json.decode(read.value) == {"token": "rotated here"}
 
 
 # -- embedded only ---------------------------------------------------------------------------

@@ -10,12 +10,17 @@ Paths: `orgs/<org_id>/tools/<agent_tool_id>` for an agent tool's credentials,
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
+import structlog
+
+log = structlog.get_logger("voiceagents.toolvault.store")
 
 
 class StoreError(Exception):
@@ -57,6 +62,12 @@ class SecretStore(Protocol):
         ...
 
 
+class _Cached(NamedTuple):
+    expires_at: float
+    refresh_at: float
+    value: Versioned | None
+
+
 class ReleaseReadCache:
     """A secret store whose release-path reads (`cached=True`) may come from memory.
 
@@ -65,7 +76,12 @@ class ReleaseReadCache:
     of its time there. A cached value is at most `seconds` old, so another replica's write shows
     up within `seconds` (an access token is refreshed 5 minutes before it expires, so a cached one
     is still valid); this replica's own writes and deletes update it at once. Everything that
-    writes with check-and-set reads uncached. `seconds=0` turns it off."""
+    writes with check-and-set reads uncached. `seconds=0` turns it off.
+
+    A value read again after 50-80 % of `seconds` (a random point per entry, so entries cached
+    together do not all go back at once) is answered from memory while one background read
+    refreshes it: a busy tool's releases never wait for the backend, and the backend sees one
+    read per tool per period instead of a burst when a batch expires."""
 
     def __init__(
         self,
@@ -80,12 +96,19 @@ class ReleaseReadCache:
         self._seconds = seconds
         self._entries = entries
         self._clock = clock
-        self._cache: dict[str, tuple[float, Versioned | None]] = {}
+        self._cache: dict[str, _Cached] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        # Bumped by every write and delete: a read that started before one must not cache
+        # what it read, which may be older than what was written.
+        self._generation = 0
 
     async def start(self) -> None:
         await self._backend.start()
 
     async def close(self) -> None:
+        for task in self._refreshing.values():
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
         await self._backend.close()
 
     async def ready(self) -> bool:
@@ -94,35 +117,56 @@ class ReleaseReadCache:
     async def read(self, path: str, *, cached: bool = False) -> Versioned | None:
         if cached:
             hit = self._cache.get(path)
-            if hit is not None and hit[0] > self._clock():
-                return hit[1]
+            now = self._clock()
+            if hit is not None and hit.expires_at > now:
+                if hit.refresh_at <= now and path not in self._refreshing:
+                    self._refreshing[path] = asyncio.create_task(self._refresh(path))
+                return hit.value
+        generation = self._generation
         found = await self._backend.read(path)
-        self._remember(path, found)
+        self._remember(path, found, generation)
         return found
 
     async def write(self, path: str, value: bytes, *, cas: int) -> int:
+        self._generation += 1
         try:
             version = await self._backend.write(path, value, cas=cas)
         except StoreError:
             # A conflict means another writer moved on; an outage leaves the outcome unknown.
             self._cache.pop(path, None)
             raise
-        self._remember(path, Versioned(value=value, version=version))
+        self._remember(path, Versioned(value=value, version=version), self._generation)
         return version
 
     async def delete(self, path: str) -> None:
+        self._generation += 1
         self._cache.pop(path, None)
         await self._backend.delete(path)
 
-    def _remember(self, path: str, value: Versioned | None) -> None:
-        if self._seconds <= 0:
+    async def _refresh(self, path: str) -> None:
+        generation = self._generation
+        try:
+            found = await self._backend.read(path)
+        except Exception as exc:  # background work reports, never raises
+            # The cached value serves until it expires; then releases read (and fail) directly.
+            # A StoreError's message carries no secret; anything else is named by its type only.
+            error = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+            log.warning("could not refresh a cached secret", backend=self.name, error=error)
+        else:
+            self._remember(path, found, generation)
+        finally:
+            del self._refreshing[path]
+
+    def _remember(self, path: str, value: Versioned | None, generation: int) -> None:
+        if self._seconds <= 0 or generation != self._generation:
             return
         now = self._clock()
         if len(self._cache) >= self._entries:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            self._cache = {k: v for k, v in self._cache.items() if v.expires_at > now}
             while len(self._cache) >= self._entries:
                 self._cache.pop(next(iter(self._cache)))
-        self._cache[path] = (now + self._seconds, value)
+        refresh_at = now + self._seconds * random.uniform(0.5, 0.8)  # noqa: S311 - not a secret
+        self._cache[path] = _Cached(now + self._seconds, refresh_at, value)
 
 
 def tool_path(org_id: str, agent_tool_id: str) -> str:
