@@ -4,22 +4,36 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+# Set by the request middleware (app.RequestContext) for the length of one request.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-def configure_logging(level: str = "info") -> None:
+def add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(message)s", force=True)
+    logging.basicConfig(stream=out, level=numeric, format="%(message)s", force=True)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            add_request_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
