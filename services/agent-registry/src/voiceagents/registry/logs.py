@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, WrappedLogger
@@ -21,10 +20,9 @@ def add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    out = stream or sys.stdout
+def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(stream=out, level=numeric, format="%(message)s", force=True)
+    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(message)s", force=True)
     structlog.configure(
         processors=[
             add_request_id,
@@ -34,6 +32,6 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
