@@ -254,6 +254,40 @@ async def test_without_tool_vault_the_call_greets_explains_and_the_agent_ends_it
     assert [(line.role, line.text) for line in ended.transcript][:1] == [("agent", GREETING)]
 
 
+async def test_a_room_deleted_under_a_live_call_ends_the_call_at_once(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+    livekit_server: LiveKitServer,
+) -> None:
+    # As when the gateway deletes the room because the phone leg ended: the agent may be told
+    # its room is gone before (or instead of) the caller leaving, and must still end the call.
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    worker = await start_worker(SCRIPT)
+    placed = await place_call(config, worker.agent_name)
+    sid = placed.call.call_sid
+    await placed.caller.join()
+    await placed.caller.wait_until_agent_quiet()
+    await wait_for_agent_lines(call_events, sid, 1)
+
+    lkapi = api.LiveKitAPI(livekit_server.url, livekit_server.api_key, livekit_server.api_secret)
+    try:
+        await lkapi.room.delete_room(api.DeleteRoomRequest(room=placed.call.room))
+    finally:
+        await lkapi.aclose()
+    # livekit-agents would cancel a call still waiting for its session after 15 s, with no end.
+    ended = await call_events.wait_for(CallEnded, sid, timeout=10.0)
+
+    assert ended.status == "completed"
+    assert (ended.ended_by, ended.reason) in {
+        ("system", "room_closed"),
+        ("caller", "participant_disconnected"),
+    }
+    assert [(line.role, line.text) for line in ended.transcript][:1] == [("agent", GREETING)]
+
+
 async def test_health_and_a_job_process_killed_mid_call_ends_the_call_as_failed(
     start_worker: Any,
     place_call: Any,

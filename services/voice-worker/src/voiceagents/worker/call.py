@@ -419,24 +419,41 @@ async def run_session(
     the call ended once it has."""
     config = state.config
     session = new_session(runtime.model(state), state)
-    closed: asyncio.Future[voice_events.CloseEvent] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[voice_events.CloseEvent] = loop.create_future()
+    # When the room is deleted (the agent's end_call, the gateway when the phone leg ends),
+    # the session may never see the caller leave: livekit-agents closes it only after this
+    # function returns, and cancels this function 15 s later. So the room going away ends the
+    # call too.
+    room_closed: asyncio.Future[None] = loop.create_future()
 
     def on_close(event: voice_events.CloseEvent) -> None:
         if not closed.done():
             closed.set_result(event)
 
+    def on_room_closed(*_: object) -> None:
+        if not room_closed.done():
+            room_closed.set_result(None)
+
     session.on("close", on_close)
+    ctx.room.on("disconnected", on_room_closed)
     await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
     await ctx.wait_for_participant(kind=CALLER_KINDS)
     answered = time.perf_counter()
     await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
-    close = await closed
-    caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
+    ends: list[asyncio.Future[Any]] = [closed, room_closed]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    if closed.done():
+        close = closed.result()
+        caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
+        close_reason: str = close.reason.value
+    else:
+        caller_left, close_reason = False, "room_closed"
     if state.ended_by_agent is not None:
         ended_by: EndedBy = "agent"
         reason = state.ended_by_agent
     else:
-        ended_by, reason = ("caller" if caller_left else "system"), close.reason.value
+        ended_by, reason = ("caller" if caller_left else "system"), close_reason
     state.events.ended(
         ended_by=ended_by, reason=reason, duration_seconds=time.perf_counter() - answered
     )
