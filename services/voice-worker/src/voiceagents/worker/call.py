@@ -422,10 +422,12 @@ async def run_session(
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[voice_events.CloseEvent] = loop.create_future()
     # When the room is deleted (the agent's end_call, the gateway when the phone leg ends),
-    # the session may never see the caller leave: livekit-agents closes it only after this
-    # function returns, and cancels this function 15 s later. So the room going away ends the
-    # call too.
+    # the session may not close: livekit-agents closes it only after this function returns,
+    # and cancels this function 15 s later. So the room going away ends the call too.
     room_closed: asyncio.Future[None] = loop.create_future()
+    # The caller hanging up is seen here at once, while the session may still be finishing a
+    # tool call when the gateway deletes the room.
+    caller_hung_up = False
 
     def on_close(event: voice_events.CloseEvent) -> None:
         if not closed.done():
@@ -435,8 +437,13 @@ async def run_session(
         if not room_closed.done():
             room_closed.set_result(None)
 
+    def on_participant_left(participant: rtc.RemoteParticipant) -> None:
+        nonlocal caller_hung_up
+        caller_hung_up = caller_hung_up or participant.kind in CALLER_KINDS
+
     session.on("close", on_close)
     ctx.room.on("disconnected", on_room_closed)
+    ctx.room.on("participant_disconnected", on_participant_left)
     await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
     await ctx.wait_for_participant(kind=CALLER_KINDS)
     answered = time.perf_counter()
@@ -444,11 +451,12 @@ async def run_session(
     ends: list[asyncio.Future[Any]] = [closed, room_closed]
     await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     if closed.done():
-        close = closed.result()
-        caller_left = close.reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED
-        close_reason: str = close.reason.value
+        close_reason: str = closed.result().reason.value
+    elif caller_hung_up:
+        close_reason = voice_events.CloseReason.PARTICIPANT_DISCONNECTED.value
     else:
-        caller_left, close_reason = False, "room_closed"
+        close_reason = "room_closed"
+    caller_left = close_reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED.value
     if state.ended_by_agent is not None:
         ended_by: EndedBy = "agent"
         reason = state.ended_by_agent
