@@ -450,18 +450,24 @@ async def run_session(
     await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
     ends: list[asyncio.Future[Any]] = [closed, room_closed]
     await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-    if closed.done():
-        close_reason: str = closed.result().reason.value
-    elif caller_hung_up:
-        close_reason = voice_events.CloseReason.PARTICIPANT_DISCONNECTED.value
-    else:
-        close_reason = "room_closed"
-    caller_left = close_reason == voice_events.CloseReason.PARTICIPANT_DISCONNECTED.value
-    if state.ended_by_agent is not None:
-        ended_by: EndedBy = "agent"
-        reason = state.ended_by_agent
-    else:
-        ended_by, reason = ("caller" if caller_left else "system"), close_reason
+    ended_by, reason = how_it_ended(
+        closed.result().reason if closed.done() else None, caller_hung_up, state.ended_by_agent
+    )
     state.events.ended(
         ended_by=ended_by, reason=reason, duration_seconds=time.perf_counter() - answered
     )
+
+
+def how_it_ended(
+    session_close: voice_events.CloseReason | None,
+    caller_hung_up: bool,
+    ended_by_agent: str | None,
+) -> tuple[EndedBy, str]:
+    """Who ended the call and why: the session's close reason, or None when the room went
+    away first; whether the caller's participant had left; the reason end_call was given."""
+    if ended_by_agent is not None:
+        return "agent", ended_by_agent
+    hung_up = voice_events.CloseReason.PARTICIPANT_DISCONNECTED
+    if session_close is None:
+        return ("caller", hung_up.value) if caller_hung_up else ("system", "room_closed")
+    return ("caller" if session_close == hung_up else "system"), session_close.value
