@@ -17,8 +17,10 @@ CALL_TRANSFERRED_SUBJECT = "calls.v1.transferred"
 CALL_ENDED_SUBJECT = "calls.v1.ended"
 CALL_FAILED_SUBJECT = "calls.v1.failed"
 
-# The audience tool-vault checks on every call grant.
-GRANT_AUDIENCE = "tool-vault"
+# Who accepts a call grant: tool-vault (the call's credentials) and the registry (the
+# knowledge-base search of the call's organization). Each checks that it is in `aud`.
+TOOLVAULT_AUDIENCE = "tool-vault"
+REGISTRY_AUDIENCE = "registry"
 
 
 def room_name(call_sid: str) -> str:
@@ -42,9 +44,15 @@ class CallContext(msgspec.Struct, frozen=True, kw_only=True):
 
 class CallGrantClaims(msgspec.Struct, frozen=True, kw_only=True):
     """Claims of the call grant: a compact JWS (EdDSA / Ed25519) signed by the gateway, with the
-    signing key's id in the `kid` header. tool-vault releases credentials only against it."""
+    signing key's id in the `kid` header. tool-vault releases credentials only against it, and
+    the registry answers knowledge-base searches only against it (`voiceagents.contracts.grants`
+    verifies it for both)."""
 
-    aud: str = GRANT_AUDIENCE
+    # A list since both services accept it; a single string (grants signed before the registry
+    # was an audience) still parses.
+    aud: str | list[str] = msgspec.field(
+        default_factory=lambda: [TOOLVAULT_AUDIENCE, REGISTRY_AUDIENCE]
+    )
     iss: str = "gateway"
     room: str
     call_sid: str

@@ -24,7 +24,8 @@ from nats.aio.subscription import Subscription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voiceagents.contracts import bus
-from voiceagents.contracts.calls import CALLS_STREAM
+from voiceagents.contracts.calls import CALLS_STREAM, TOOLVAULT_AUDIENCE
+from voiceagents.contracts.grants import GrantVerifier
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.contracts.toolvault import (
     OAUTH_START_SUBJECT,
@@ -39,10 +40,10 @@ from voiceagents.toolvault.call_ends import CallEndFollower
 from voiceagents.toolvault.connect import ConnectService
 from voiceagents.toolvault.embedded import EmbeddedStore, EnvelopeCipher
 from voiceagents.toolvault.events import AuditPublisher, new_event_id, now
-from voiceagents.toolvault.grants import GrantVerifier, Revocations
 from voiceagents.toolvault.metrics import ToolVaultMetrics
 from voiceagents.toolvault.oauth import OAuthFailure, OAuthFlows
 from voiceagents.toolvault.release import ReleaseService
+from voiceagents.toolvault.revocations import Revocations
 from voiceagents.toolvault.settings import Settings
 from voiceagents.toolvault.store import ReleaseReadCache, SecretStore, ToolSecret
 from voiceagents.toolvault.vault import VaultStore
@@ -136,7 +137,7 @@ async def start_toolvault(settings: Settings) -> ToolVault:
             audit=audit,
             oauth=oauth,
             release=ReleaseService(
-                grants=GrantVerifier(settings.public_keys()),
+                grants=GrantVerifier(settings.public_keys(), audience=TOOLVAULT_AUDIENCE),
                 revocations=revocations,
                 mirror=mirror,
                 store=store,

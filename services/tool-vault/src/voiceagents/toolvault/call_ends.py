@@ -29,8 +29,8 @@ from voiceagents.contracts.calls import (
     AnyCallEvent,
 )
 from voiceagents.contracts.codec import decode_union
-from voiceagents.toolvault.grants import Revocations
 from voiceagents.toolvault.metrics import ToolVaultMetrics
+from voiceagents.toolvault.revocations import Revocations
 
 log = structlog.get_logger("voiceagents.toolvault.call_ends")
 

@@ -21,6 +21,7 @@ from nacl.public import PublicKey, SealedBox
 from voiceagents.contracts.agents import ToolBinding
 from voiceagents.contracts.calls import CallGrantClaims
 from voiceagents.contracts.codec import decode, encode
+from voiceagents.contracts.grants import GrantRejected, GrantVerifier
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.contracts.toolvault import (
     CredentialReleaseReply,
@@ -32,9 +33,9 @@ from voiceagents.contracts.toolvault import (
     ToolCredentials,
 )
 from voiceagents.toolvault.events import AuditPublisher, new_event_id, now
-from voiceagents.toolvault.grants import GrantRejected, GrantVerifier, Revocations
 from voiceagents.toolvault.metrics import ToolVaultMetrics
 from voiceagents.toolvault.oauth import OAuthFailure, OAuthFlows
+from voiceagents.toolvault.revocations import Revocations
 from voiceagents.toolvault.store import ReleaseReadCache, StoreError, ToolSecret, tool_path
 
 log = structlog.get_logger("voiceagents.toolvault.release")

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from voiceagents.contracts.grants import decode_public_keys
 from voiceagents.toolvault.oauth import OAuthProvider, load_providers
 from voiceagents.toolvault.vault import VaultAuth, VaultConfig
 
@@ -75,11 +76,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}RELEASE_CACHE_SECONDS must not be negative")
         if not self.grant_public_keys:
             raise SettingsError(f"{PREFIX}GRANT_PUBLIC_KEYS must name at least one key")
-        for kid, value in self.grant_public_keys.items():
-            if len(_b64(value)) != 32:
-                raise SettingsError(
-                    f"{PREFIX}GRANT_PUBLIC_KEYS[{kid!r}] must be base64 of a 32-byte Ed25519 key"
-                )
+        try:
+            decode_public_keys(self.grant_public_keys)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}GRANT_PUBLIC_KEYS{exc}") from None
         if self.backend == "embedded":
             if not self.database_url:
                 raise SettingsError(f"{PREFIX}DATABASE_URL must be set for the embedded backend")
@@ -122,7 +122,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.public_base_url.rstrip("/") + "/api/v1/tools/callback"
 
     def public_keys(self) -> dict[str, bytes]:
-        return {kid: _b64(value) for kid, value in self.grant_public_keys.items()}
+        return decode_public_keys(self.grant_public_keys)
 
     def master_key_bytes(self) -> dict[str, bytes]:
         return {kid: _b64(value) for kid, value in self.master_keys.items()}

@@ -1,38 +1,63 @@
-"""Verifying call grants (the gateway's Ed25519 JWS) and remembering which calls have ended.
+"""Verifying call grants (the gateway's Ed25519 JWS, claims in `calls.CallGrantClaims`).
 
-Public keys are looked up by the JWS `kid`, so the gateway can rotate its signing key: add the
-new public key here, switch the gateway, drop the old key once its grants have expired.
+tool-vault and the registry both verify grants, each for its own audience. Public keys are
+looked up by the JWS `kid`, so the gateway can rotate its signing key: add the new public key to
+both, switch the gateway, drop the old key once its grants have expired.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import jwt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from voiceagents.contracts.calls import GRANT_AUDIENCE, CallGrantClaims
-from voiceagents.contracts.toolvault import ReleaseErrorCode
+from voiceagents.contracts.calls import CallGrantClaims
+
+GrantErrorCode = Literal["grant_invalid", "grant_expired"]
 
 _REQUIRED = ["aud", "iss", "exp", "iat", "jti"]
 _LEEWAY_SECONDS = 5
 
 
 class GrantRejected(Exception):
-    def __init__(self, code: ReleaseErrorCode, message: str) -> None:
+    def __init__(self, code: GrantErrorCode, message: str) -> None:
         super().__init__(message)
-        self.code: ReleaseErrorCode = code
+        self.code: GrantErrorCode = code
         self.message = message
 
 
+def decode_public_keys(keys: Mapping[str, str]) -> dict[str, bytes]:
+    """`{kid: base64 raw Ed25519 public key}` as raw keys; ValueError naming the bad `kid`."""
+    decoded = {}
+    for kid, value in keys.items():
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError(f"[{kid!r}] must be base64 of a 32-byte Ed25519 public key")
+        decoded[kid] = raw
+    return decoded
+
+
 class GrantVerifier:
-    def __init__(self, public_keys: dict[str, bytes], *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        public_keys: Mapping[str, bytes],
+        *,
+        audience: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys = {
             kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in public_keys.items()
         }
+        self._audience = audience
         self._clock = clock
 
     def verify(self, grant: str) -> CallGrantClaims:
@@ -45,7 +70,7 @@ class GrantVerifier:
                 grant,
                 key,
                 algorithms=["EdDSA"],
-                audience=GRANT_AUDIENCE,
+                audience=self._audience,
                 issuer="gateway",
                 leeway=_LEEWAY_SECONDS,
                 options={"require": _REQUIRED, "verify_exp": False},
@@ -81,26 +106,3 @@ class _Header(msgspec.Struct):
 
 
 _HEADER = msgspec.json.Decoder(_Header)
-
-
-class Revocations:
-    """Calls that have ended, by call_sid, kept as long as a grant for them could live."""
-
-    def __init__(self, keep_seconds: float, *, clock: Callable[[], float] = time.time) -> None:
-        self._keep = keep_seconds
-        self._clock = clock
-        self._until: dict[str, float] = {}
-        self._next_sweep = 0.0
-
-    def revoke(self, call_sid: str, ended_at: float) -> None:
-        self._until[call_sid] = ended_at + self._keep
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._until = {sid: t for sid, t in self._until.items() if t > now}
-            self._next_sweep = now + 60.0
-
-    def is_revoked(self, call_sid: str) -> bool:
-        return call_sid in self._until
-
-    def __len__(self) -> int:
-        return len(self._until)
