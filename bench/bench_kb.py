@@ -8,7 +8,9 @@ Zipf-distributed vocabulary (common words are common in both, so some questions 
 thousands of passages).
 
 Each sample is what the tool waits for: a `registry.v1.kb.search` request as the `worker` NATS
-user -> registry -> PostgreSQL full-text search -> reply, for the top 3 passages. 1,000
+user, with a call grant for an agent that has the knowledge base bound -> registry (grant
+verified, binding and call looked up) -> PostgreSQL full-text search -> reply, for the top 3
+passages. 1,000
 questions one after another (after 100 warm-up questions), then the same 1,000 from 8
 concurrent callers.
 
@@ -18,11 +20,14 @@ Run: `make bench-kb` (or `.venv/bin/python bench/bench_kb.py`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import os
 import random
 import sys
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -34,9 +39,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_registry import admin_key, wait_ready
 from bench.report import percentile, write_results
+from voiceagents.contracts.calls import CallContext, room_name
 from voiceagents.contracts.codec import decode, encode
-from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT, KbSearchReply, KbSearchRequest
+from voiceagents.contracts.knowledge import (
+    KB_SEARCH_SUBJECT,
+    KB_TOOL_NAME,
+    KbSearchReply,
+    KbSearchRequest,
+)
+from voiceagents.contracts.tools import (
+    CATALOG_SYNC_SUBJECT,
+    CatalogSyncReply,
+    CatalogSyncRequest,
+    PlatformToolSpec,
+    ToolFunctionSpec,
+)
 from voiceagents.devstack.servers import NatsServer, PostgresServer, free_port
+from voiceagents.gateway.grants import GrantSigner, generate_key_pair
 from voiceagents.registry import db
 
 ARTICLES = 1000
@@ -133,10 +152,49 @@ async def _upload(session: aiohttp.ClientSession, base_url: str, org_id: str, se
     return passages
 
 
-async def _search(nc: Client, org_id: str, question: str) -> tuple[float, int]:
+async def _kb_call_grant(
+    nc: Client, session: aiohttp.ClientSession, base_url: str, org_id: str, signer: GrantSigner
+) -> str:
+    """The knowledge base in the catalog (as a worker reports it), an agent of `org_id` with
+    it bound, and a call grant for that agent, signed as the gateway signs it."""
+    kb_tool = PlatformToolSpec(
+        name=KB_TOOL_NAME,
+        description="Help articles.",
+        functions=[ToolFunctionSpec(name="search_knowledge_base", description="Search.")],
+    )
+    synced = await nc.request(
+        CATALOG_SYNC_SUBJECT,
+        encode(CatalogSyncRequest(worker_id="bench", tools=[kb_tool])),
+        timeout=10,
+    )
+    if (error := decode(synced.data, CatalogSyncReply).error) is not None:
+        raise RuntimeError(f"catalog sync failed: {error}")
+    agent = {"organization_id": org_id, "name": "Support", "system_prompt": "Help."}
+    async with session.post(f"{base_url}/api/v1/agents", json=agent) as response:
+        agent_id = (await response.json())["id"]
+    binding = {"agent_id": agent_id, "tool_name": KB_TOOL_NAME}
+    async with session.post(f"{base_url}/api/v1/tools/agent", json=binding) as response:
+        if response.status != 201:
+            raise RuntimeError(f"binding failed: {await response.text()}")
+    sid = f"CA{uuid.uuid4().hex}"
+    return signer.sign(
+        CallContext(
+            call_sid=sid,
+            room=room_name(sid),
+            org_id=org_id,
+            agent_id=agent_id,
+            agent_version=1,
+            from_number="+14155550123",
+            to_number="+14155550100",
+            started_at=datetime.now(UTC),
+        )
+    )
+
+
+async def _search(nc: Client, grant: str, question: str) -> tuple[float, int]:
     started = time.perf_counter()
     msg = await nc.request(
-        KB_SEARCH_SUBJECT, encode(KbSearchRequest(org_id=org_id, query=question)), timeout=5
+        KB_SEARCH_SUBJECT, encode(KbSearchRequest(grant=grant, query=question)), timeout=5
     )
     elapsed = time.perf_counter() - started
     reply = decode(msg.data, KbSearchReply)
@@ -151,6 +209,10 @@ async def main() -> None:
         await asyncio.to_thread(db.migrate, dsn)
         key = await admin_key(dsn)
         port = free_port()
+        grant_keys = generate_key_pair("bench")
+        signer = GrantSigner(
+            base64.b64decode(grant_keys["VA_GATEWAY_GRANT_SIGNING_KEY"]), "bench", 3600
+        )
         env = {
             **os.environ,
             **nats_server.environment(),
@@ -158,6 +220,7 @@ async def main() -> None:
             "VA_REGISTRY_HOST": "127.0.0.1",
             "VA_REGISTRY_PORT": str(port),
             "VA_REGISTRY_LOG_LEVEL": "warning",
+            "VA_REGISTRY_GRANT_PUBLIC_KEYS": grant_keys["VA_REGISTRY_GRANT_PUBLIC_KEYS"],
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "voiceagents.registry", "serve", env=env
@@ -184,16 +247,20 @@ async def main() -> None:
                 await connection.close()
             worker = await nats.connect(**nats_server.credentials("worker"))
             try:
+                async with aiohttp.ClientSession(
+                    headers={"Authorization": f"Bearer {key}"}
+                ) as session:
+                    grant = await _kb_call_grant(worker, session, base_url, org_ids[0], signer)
                 questions = Text(seed=3)
                 for _ in range(WARM_UP):
-                    await _search(worker, org_ids[0], questions.question())
+                    await _search(worker, grant, questions.question())
                 asked = [questions.question() for _ in range(QUESTIONS)]
-                sequential = [await _search(worker, org_ids[0], q) for q in asked]
+                sequential = [await _search(worker, grant, q) for q in asked]
                 concurrent: list[tuple[float, int]] = []
 
                 async def caller(mine: list[str]) -> None:
                     for question in mine:
-                        concurrent.append(await _search(worker, org_ids[0], question))
+                        concurrent.append(await _search(worker, grant, question))
 
                 await asyncio.gather(
                     *(caller(asked[i::CONCURRENT_CALLERS]) for i in range(CONCURRENT_CALLERS))

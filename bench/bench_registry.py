@@ -34,6 +34,7 @@ from bench.report import cpu_seconds, percentile, write_results
 from voiceagents.contracts.agents import AgentRuntimeConfig, PhoneNumberEntry
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.devstack.servers import NatsServer, PostgresServer, free_port
+from voiceagents.gateway.grants import generate_key_pair
 from voiceagents.registry import db
 from voiceagents.registry.auth import issue_key
 
@@ -172,6 +173,10 @@ async def main(seconds: float) -> None:
             "VA_REGISTRY_HOST": "127.0.0.1",
             "VA_REGISTRY_PORT": str(port),
             "VA_REGISTRY_LOG_LEVEL": "warning",
+            # Required by `serve` (knowledge-base searches); nothing here uses them.
+            "VA_REGISTRY_GRANT_PUBLIC_KEYS": generate_key_pair("bench")[
+                "VA_REGISTRY_GRANT_PUBLIC_KEYS"
+            ],
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "voiceagents.registry", "serve", env=env

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 
 def test_a_search_and_its_reply_round_trip() -> None:
-    request = KbSearchRequest(org_id="o", query="warranty", collections=["products"], limit=2)
+    request = KbSearchRequest(grant="g.r.s", query="warranty", limit=2)
     reply = KbSearchReply(passages=[KbPassage(article_id="a", title="T", text="x", score=0.5)])
 
     assert decode(encode(request), KbSearchRequest) == request
@@ -20,7 +20,7 @@ def test_a_search_and_its_reply_round_trip() -> None:
 
 def test_older_workers_read_newer_replies_and_defaults_fill_in() -> None:
     newer = b'{"passages": [{"article_id": "a", "title": "T", "text": "x", "lang": "en"}], "x": 1}'
-    minimal = b'{"org_id": "o", "query": "q"}'
+    minimal = b'{"grant": "g.r.s", "query": "q"}'
 
     assert decode(newer, KbSearchReply).passages[0].text == "x"
-    assert decode(minimal, KbSearchRequest) == KbSearchRequest(org_id="o", query="q", limit=3)
+    assert decode(minimal, KbSearchRequest) == KbSearchRequest(grant="g.r.s", query="q", limit=3)

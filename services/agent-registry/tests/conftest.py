@@ -1,9 +1,12 @@
 """A registry running in-process against a fresh PostgreSQL database and the session's NATS,
-with a platform-admin key and helpers to make organizations, org-admin keys and agents."""
+with a platform-admin key and helpers to make organizations, org-admin keys and agents; call
+grants signed as the gateway signs them (`GRANTS`), with the key the registry trusts."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +23,7 @@ from nats.js.kv import KeyValue
 from voiceagents.contracts import bus
 from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, PHONE_NUMBERS_BUCKET
 from voiceagents.devstack.servers import NatsServer
+from voiceagents.gateway.grants import GrantSigner, generate_key_pair
 from voiceagents.registry import db
 from voiceagents.registry.app import create_app
 from voiceagents.registry.auth import issue_key
@@ -32,9 +36,14 @@ def new_number() -> str:
     return "+1555" + str(secrets.randbelow(10**7)).zfill(7)
 
 
+GRANT_KEYS = generate_key_pair("tests")
+GRANTS = GrantSigner(base64.b64decode(GRANT_KEYS["VA_GATEWAY_GRANT_SIGNING_KEY"]), "tests", 600)
+
+
 def make_settings(dsn: str, nats_server: NatsServer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "dsn": dsn,
+        "grant_public_keys": json.loads(GRANT_KEYS["VA_REGISTRY_GRANT_PUBLIC_KEYS"]),
         "nats_url": nats_server.url,
         "nats_password": nats_server.passwords["registry"],
         "auth_cache_seconds": 0.0,

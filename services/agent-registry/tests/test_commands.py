@@ -4,6 +4,7 @@ KV rebuild, run the way an operator runs them."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,7 @@ from voiceagents.devstack.servers import NatsServer
 from voiceagents.registry.__main__ import cli
 from voiceagents.registry.settings import Settings, SettingsError
 
-from .conftest import Buckets, RunningRegistry, new_number
+from .conftest import GRANT_KEYS, Buckets, RunningRegistry, new_number
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +29,40 @@ def test_settings_refuse_placeholders_outside_dev_mode() -> None:
         Settings.from_env({**env, "VA_REGISTRY_PORT": "eighty", "VA_REGISTRY_DEV_MODE": "true"})
     with pytest.raises(SettingsError, match="VA_REGISTRY_LOG_LEVEL"):
         Settings.from_env({**env, "VA_REGISTRY_LOG_LEVEL": "loud", "VA_REGISTRY_DEV_MODE": "true"})
-    dev = Settings.from_env({**env, "VA_REGISTRY_DEV_MODE": "true", "VA_NATS_URL": "nats://n:1"})
+    with pytest.raises(SettingsError, match=r"VA_REGISTRY_GRANT_PUBLIC_KEYS\['gw-2'\]"):
+        Settings.from_env(
+            {
+                **env,
+                "VA_REGISTRY_DEV_MODE": "true",
+                "VA_REGISTRY_GRANT_PUBLIC_KEYS": json.dumps({"gw-2": "c2hvcnQ="}),
+            }
+        )
+    with pytest.raises(SettingsError, match="VA_REGISTRY_GRANT_PUBLIC_KEYS"):
+        Settings.from_env(
+            {**env, "VA_REGISTRY_DEV_MODE": "true", "VA_REGISTRY_GRANT_PUBLIC_KEYS": "not json"}
+        )
+    dev = Settings.from_env(
+        {
+            **env,
+            "VA_REGISTRY_DEV_MODE": "true",
+            "VA_NATS_URL": "nats://n:1",
+            "VA_REGISTRY_GRANT_PUBLIC_KEYS": GRANT_KEYS["VA_REGISTRY_GRANT_PUBLIC_KEYS"],
+        }
+    )
     assert (dev.nats_url, dev.port) == ("nats://n:1", 8081)
+    assert list(dev.public_keys()) == ["tests"]
+
+
+def test_serve_refuses_to_start_without_the_gateways_grant_keys() -> None:
+    env = {
+        "VA_REGISTRY_DSN": "postgresql://registry:pw@db/registry",
+        "VA_REGISTRY_DEV_MODE": "true",
+    }
+
+    result = CliRunner().invoke(cli, ["serve"], env=env)
+
+    assert result.exit_code != 0
+    assert "VA_REGISTRY_GRANT_PUBLIC_KEYS" in result.output
 
 
 async def test_migrate_bootstrap_key_and_rebuild_kv_from_the_command_line(

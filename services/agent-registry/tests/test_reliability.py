@@ -23,7 +23,7 @@ from voiceagents.devstack.servers import NatsServer, free_port
 from voiceagents.registry.metrics import RegistryMetrics
 from voiceagents.registry.projection import KvProjector
 
-from .conftest import RunningRegistry, admin_key, new_number
+from .conftest import GRANT_KEYS, RunningRegistry, admin_key, new_number
 from .test_projection import registry_events
 
 pytestmark = pytest.mark.integration
@@ -60,6 +60,7 @@ async def test_a_registry_killed_between_commit_and_publish_loses_and_repeats_no
         "VA_REGISTRY_HOST": "127.0.0.1",
         "VA_REGISTRY_PORT": str(port),
         "VA_REGISTRY_LOG_LEVEL": "warning",
+        "VA_REGISTRY_GRANT_PUBLIC_KEYS": GRANT_KEYS["VA_REGISTRY_GRANT_PUBLIC_KEYS"],
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "voiceagents.registry", "serve", env=env, start_new_session=True

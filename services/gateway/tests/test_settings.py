@@ -7,12 +7,11 @@ import json
 import secrets
 from datetime import UTC, datetime
 
-import jwt
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from voiceagents.contracts.calls import CallContext
+from voiceagents.contracts.calls import REGISTRY_AUDIENCE, TOOLVAULT_AUDIENCE, CallContext
+from voiceagents.contracts.grants import GrantVerifier, decode_public_keys
 from voiceagents.gateway.__main__ import cli
 from voiceagents.gateway.grants import GrantSigner
 from voiceagents.gateway.settings import Settings, SettingsError
@@ -72,12 +71,13 @@ def test_placeholder_secrets_are_allowed_in_dev_mode() -> None:
     assert Settings.from_env(env).dev_mode
 
 
-def test_keygen_prints_a_pair_tool_vault_can_verify_grants_with() -> None:
+def test_keygen_prints_a_pair_tool_vault_and_the_registry_can_verify_grants_with() -> None:
     result = CliRunner().invoke(cli, ["keygen", "--key-id", "gw-7"])
 
     assert result.exit_code == 0
     lines = dict(line.split("=", 1) for line in result.output.strip().splitlines())
     public_keys = json.loads(lines["VA_TOOLVAULT_GRANT_PUBLIC_KEYS"].strip("'"))
+    assert json.loads(lines["VA_REGISTRY_GRANT_PUBLIC_KEYS"].strip("'")) == public_keys
     assert lines["VA_GATEWAY_GRANT_KEY_ID"] == "gw-7"
     signer = GrantSigner(base64.b64decode(lines["VA_GATEWAY_GRANT_SIGNING_KEY"]), "gw-7", 60)
     grant = signer.sign(
@@ -92,6 +92,6 @@ def test_keygen_prints_a_pair_tool_vault_can_verify_grants_with() -> None:
             started_at=datetime.now(UTC),
         )
     )
-    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_keys["gw-7"]))
-    claims = jwt.decode(grant, public, algorithms=["EdDSA"], audience="tool-vault")
-    assert claims["iss"] == "gateway" and claims["exp"] - claims["iat"] == 60
+    for audience in (TOOLVAULT_AUDIENCE, REGISTRY_AUDIENCE):
+        claims = GrantVerifier(decode_public_keys(public_keys), audience=audience).verify(grant)
+        assert (claims.call_sid, claims.exp - claims.iat) == ("CA1", 60)

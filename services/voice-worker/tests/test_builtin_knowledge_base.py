@@ -1,15 +1,18 @@
 """The knowledge-base tool on a support call: the caller's question goes to the registry's
-search (`registry.v1.kb.search`) and the answer spoken carries the article's fact; another
-organization's articles never reach the caller; without the registry the caller hears that the
-knowledge base is unavailable and the call goes on.
+search (`registry.v1.kb.search`, with the call's grant) and the answer spoken carries the
+article's fact; another organization's articles never reach the caller; without the registry
+the caller hears that the knowledge base is unavailable and the call goes on.
 
 The registry is the real one, in-process, on PostgreSQL and the session's NATS (the other end
-of the contract: a stand-in would only test itself); calls run through the worker (call
-preparation, discovered tools, wrapping) with the offline model in text mode."""
+of the contract: a stand-in would only test itself), with this worker's catalog synced and
+the agents made and bound through its REST API; each call's grant is signed as the gateway
+signs it. Calls run through the worker (call preparation, discovered tools, wrapping) with the
+offline model in text mode."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -20,19 +23,19 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
 
 from voiceagents.contracts.agents import AgentRuntimeConfig, ToolBinding
 from voiceagents.contracts.calls import CallContext, DispatchMetadata
-from voiceagents.contracts.codec import encode
-from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT, KbSearchRequest
+from voiceagents.contracts.knowledge import KB_TOOL_NAME
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.devstack.servers import NatsServer
+from voiceagents.gateway.grants import GrantSigner, generate_key_pair
 from voiceagents.registry import db
 from voiceagents.registry.app import create_app
 from voiceagents.registry.auth import issue_key
 from voiceagents.registry.settings import Settings as RegistrySettings
 from voiceagents.worker.call import CallState, WorkerRuntime, new_agent, new_session, prepare_call
+from voiceagents.worker.catalog import sync_catalog
 from voiceagents.worker.events import CallEvents
 from voiceagents.worker.offline_model import (
     OfflineRealtimeModel,
@@ -49,7 +52,7 @@ from voiceagents.worker.tools.builtin.knowledge_base import (
     UNAVAILABLE,
     KnowledgeBase,
 )
-from voiceagents.worker.tools.discovery import discover, function_specs
+from voiceagents.worker.tools.discovery import catalog, discover, function_specs
 from voiceagents.worker.tools.print_catalog import catalog_json
 
 pytestmark = pytest.mark.integration
@@ -64,6 +67,8 @@ Keep the receipt: we ask for it when you claim.
 # Another organization's article on the same subject, and one on a subject only it covers.
 THEIR_WARRANTY = "Globex blenders carry a ten-year warranty, no receipt needed."
 THEIR_LOYALTY = "Loyalty points double on Tuesdays for Globex members."
+GRANT_KEYS = generate_key_pair("tests")
+GRANTS = GrantSigner(base64.b64decode(GRANT_KEYS["VA_GATEWAY_GRANT_SIGNING_KEY"]), "tests", 600)
 
 
 @dataclass
@@ -85,6 +90,20 @@ class Registry:
         )
         assert response.status_code == 201, response.text
 
+    async def support_agent(self, org_id: str, **tool_config: Any) -> AgentRuntimeConfig:
+        """A new agent of `org_id` with the knowledge base bound, as the worker sees it."""
+        agent = await self.client.post(
+            "/api/v1/agents",
+            json={"organization_id": org_id, "name": "Ada", "system_prompt": "Be helpful."},
+        )
+        assert agent.status_code == 201, agent.text
+        bound = await self.client.post(
+            "/api/v1/tools/agent",
+            json={"agent_id": agent.json()["id"], "tool_name": KB_TOOL_NAME, "config": tool_config},
+        )
+        assert bound.status_code == 201, bound.text
+        return support_agent(org_id, agent.json()["id"], bound.json()["id"], **tool_config)
+
 
 @pytest.fixture
 async def registry(
@@ -104,6 +123,7 @@ async def registry(
             dsn=postgres_dsn,
             nats_url=nats_server.url,
             nats_password=nats_server.passwords["registry"],
+            grant_public_keys=json.loads(GRANT_KEYS["VA_REGISTRY_GRANT_PUBLIC_KEYS"]),
         )
     )
     started, stop = asyncio.Event(), asyncio.Event()
@@ -124,36 +144,27 @@ async def registry(
         headers={"Authorization": f"Bearer {admin.key}"},
     ) as client:
         try:
-            await _until_search_answers(worker_nats)
+            # As the worker does on start; answered once the registry has reached NATS.
+            await sync_catalog(worker_nats, "kb-tests", catalog(discover()))
             yield Registry(client=client)
         finally:
             stop.set()
             await serving
 
 
-async def _until_search_answers(nc: Client) -> None:
-    """The registry subscribes once it reached NATS, a moment after it started."""
-    probe = encode(KbSearchRequest(org_id=str(uuid.uuid4()), query="probe"))
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                await nc.request(KB_SEARCH_SUBJECT, probe, timeout=5)
-                return
-            except NoRespondersError:
-                await asyncio.sleep(0.05)
-
-
-def support_agent(org_id: str, **tool_config: Any) -> AgentRuntimeConfig:
+def support_agent(
+    org_id: str, agent_id: str, agent_tool_id: str, **tool_config: Any
+) -> AgentRuntimeConfig:
     return AgentRuntimeConfig(
-        agent_id=f"agent-{uuid.uuid4().hex[:8]}",
+        agent_id=agent_id,
         org_id=org_id,
         version=1,
         name="Ada",
         system_prompt="You answer Acme customers' questions from the help articles.",
         tools=[
             ToolBinding(
-                agent_tool_id="at-kb",
-                tool_name="knowledge_base",
+                agent_tool_id=agent_tool_id,
+                tool_name=KB_TOOL_NAME,
                 config=tool_config,
                 functions=function_specs(KnowledgeBase),
             )
@@ -202,7 +213,7 @@ async def support_call(config: AgentRuntimeConfig, nc: Client | None) -> Any:
     )
     state: CallState = await prepare_call(
         runtime,
-        DispatchMetadata(call=call, grant="grant"),
+        DispatchMetadata(call=call, grant=GRANTS.sign(call)),
         nc=nc,
         js=None,
         started=0.0,
@@ -231,7 +242,7 @@ async def test_a_support_call_answers_from_the_organizations_article(
     await registry.article(globex, "Warranty", THEIR_WARRANTY, format="text")
     await registry.article(globex, "Loyalty", THEIR_LOYALTY, format="text")
 
-    session, say = await support_call(support_agent(acme), worker_nats)
+    session, say = await support_call(await registry.support_agent(acme), worker_nats)
     try:
         warranty = await say("Hi, how long is the warranty on my blender?")
         loyalty = await say("Do loyalty points double on Tuesdays?")
@@ -257,7 +268,7 @@ async def test_the_agents_collections_limit_what_it_can_read(
     await registry.article(acme, "Loyalty", "Loyalty points never expire.", collection="members")
 
     session, say = await support_call(
-        support_agent(acme, collections=["products"], max_passages=1), worker_nats
+        await registry.support_agent(acme, collections=["products"], max_passages=1), worker_nats
     )
     try:
         warranty = json.loads(await say("What about the warranty?"))
@@ -275,9 +286,8 @@ async def test_without_the_registry_the_caller_hears_the_knowledge_base_is_unava
     worker_nats: Client, with_nats: bool
 ) -> None:
     # Nobody answers registry.v1.kb.search on this NATS (no registry started); or no NATS at all.
-    session, say = await support_call(
-        support_agent(str(uuid.uuid4())), worker_nats if with_nats else None
-    )
+    agent = support_agent(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()))
+    session, say = await support_call(agent, worker_nats if with_nats else None)
     try:
         spoken = await say("Where do I send the receipt for my claim?")
         after = await say("And the warranty?")

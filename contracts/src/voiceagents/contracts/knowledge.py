@@ -1,9 +1,11 @@
 """Knowledge-base search (`registry.v1.kb.search`, request/reply): voice worker -> registry.
 
 The registry owns the articles (PostgreSQL); a worker asks it for the few passages that best
-answer a caller's question, for the call's organization only. Only the `worker` NATS identity
-may send this request (infra/nats/nats-server.conf), and the organization comes from the call,
-never from the model.
+answer a caller's question. Only the `worker` NATS identity may send this request
+(infra/nats/nats-server.conf), and it carries the call's grant: the registry searches only the
+grant's organization, only while the call is live and its agent has the knowledge-base tool
+bound and active, and only that binding's collections. A worker cannot choose what it searches,
+so a compromised one reads no more than the calls it serves could.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ from typing import Literal
 import msgspec
 
 KB_SEARCH_SUBJECT = "registry.v1.kb.search"
+# The voice worker's knowledge-base tool: a call may search only if its agent has it bound.
+KB_TOOL_NAME = "knowledge_base"
 
-KbSearchErrorCode = Literal["bad_request", "unavailable"]
+# denied: the grant does not verify, has expired, its call has ended, or its agent has no
+# active knowledge-base tool.
+KbSearchErrorCode = Literal["bad_request", "denied", "unavailable"]
 
 
 class KbSearchRequest(msgspec.Struct, frozen=True, kw_only=True):
-    org_id: str
+    # The call grant from the call's dispatch metadata (`calls.CallGrantClaims`).
+    grant: str
     query: str
-    # Only articles in these collections; empty = every collection of the organization.
-    collections: list[str] = []
     limit: int = 3
 
 

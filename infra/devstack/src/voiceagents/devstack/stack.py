@@ -216,7 +216,7 @@ class Stack:
         # What `python -m voiceagents.toolvault keygen` prints: 32 random bytes, base64.
         master_key = base64.b64encode(os.urandom(32)).decode()
         self.services = {
-            "registry": self._registry(),
+            "registry": self._registry(grant_keys),
             "toolvault": self._toolvault(grant_keys, master_key),
             "gateway": self._gateway(grant_keys),
             "worker": self._worker(),
@@ -352,11 +352,12 @@ class Stack:
             ready=ready,
         )
 
-    def _registry(self) -> Service:
+    def _registry(self, grant_keys: dict[str, str]) -> Service:
         assert self.postgres is not None
         env = self._base_env() | self._nats_password("registry")
         env |= {
             "VA_REGISTRY_DSN": self.postgres.dsn("registry"),
+            "VA_REGISTRY_GRANT_PUBLIC_KEYS": grant_keys["VA_REGISTRY_GRANT_PUBLIC_KEYS"],
             "VA_REGISTRY_HOST": "127.0.0.1",
             "VA_REGISTRY_PORT": str(self.registry_port),
             # Key checks are cached for a short while only; tests revoke nothing.

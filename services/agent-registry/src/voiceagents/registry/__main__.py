@@ -38,6 +38,11 @@ def serve(migrate: bool) -> None:
     from voiceagents.registry.logs import configure_logging
 
     settings = _settings()
+    if not settings.grant_public_keys:
+        raise click.ClickException(
+            "VA_REGISTRY_GRANT_PUBLIC_KEYS must name at least one key: the gateway's call-grant "
+            "public keys (python -m voiceagents.gateway keygen prints them)"
+        )
     configure_logging(settings.log_level)
     if migrate:
         run_migrations(settings.dsn)

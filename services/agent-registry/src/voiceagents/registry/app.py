@@ -26,7 +26,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voiceagents.contracts import bus
-from voiceagents.contracts.calls import CALLS_STREAM, CALLS_SUBJECTS
+from voiceagents.contracts.calls import CALLS_STREAM, CALLS_SUBJECTS, REGISTRY_AUDIENCE
+from voiceagents.contracts.grants import GrantVerifier
 from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT
 from voiceagents.contracts.registry import REGISTRY_STREAM
 from voiceagents.contracts.tools import CATALOG_SYNC_SUBJECT
@@ -170,7 +171,11 @@ async def _nats_work(registry: Registry) -> None:
         cb=CatalogSyncHandler(registry.pool, registry.metrics).handle,
     )
     await nc.subscribe(
-        KB_SEARCH_SUBJECT, queue="registry", cb=KnowledgeSearchHandler(registry.pool).handle
+        KB_SEARCH_SUBJECT,
+        queue="registry",
+        cb=KnowledgeSearchHandler(
+            registry.pool, GrantVerifier(settings.public_keys(), audience=REGISTRY_AUDIENCE)
+        ).handle,
     )
     log.info("connected to NATS", url=settings.nats_url)
     await asyncio.gather(

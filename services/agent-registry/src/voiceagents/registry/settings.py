@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+
+from voiceagents.contracts.grants import decode_public_keys
 
 PREFIX = "VA_REGISTRY_"
 # Values that say "nobody configured this"; refused outside dev mode.
@@ -21,6 +25,10 @@ class SettingsError(ValueError):
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # postgresql://user:password@host:port/database
     dsn: str
+    # The gateway's call-grant public keys, {kid: base64 Ed25519 public key} (JSON in the
+    # environment, as tool-vault's): a voice worker's knowledge-base search carries its call's
+    # grant. `serve` requires them; the one-off commands do not use them.
+    grant_public_keys: dict[str, str] = {}
     nats_url: str = "nats://127.0.0.1:4222"
     nats_password: str = ""
     host: str = "0.0.0.0"
@@ -44,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}POOL_MIN_SIZE must be >= 1 and <= {PREFIX}POOL_MAX_SIZE")
         if self.log_level.lower() not in LOG_LEVELS:
             raise SettingsError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        try:
+            decode_public_keys(self.grant_public_keys)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}GRANT_PUBLIC_KEYS{exc}") from None
         if self.auth_cache_seconds < 0:
             raise SettingsError(f"{PREFIX}AUTH_CACHE_SECONDS must not be negative")
         if not self.dev_mode:
@@ -61,11 +73,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        values: dict[str, str] = {
+        values: dict[str, Any] = {
             key[len(PREFIX) :].lower(): value
             for key, value in env.items()
             if key.startswith(PREFIX)
         }
+        if "grant_public_keys" in values:
+            try:
+                values["grant_public_keys"] = json.loads(values["grant_public_keys"])
+            except ValueError:
+                raise SettingsError(f"{PREFIX}GRANT_PUBLIC_KEYS must be a JSON object") from None
         if "VA_NATS_URL" in env:
             values.setdefault("nats_url", env["VA_NATS_URL"])
         if "VA_NATS_REGISTRY_PASSWORD" in env:
@@ -79,3 +96,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 field = message.split("`$.", 1)[1].split("`", 1)[0]
                 message = message.replace(f"`$.{field}`", f"{PREFIX}{field.upper()}")
             raise SettingsError(message) from exc
+
+    def public_keys(self) -> dict[str, bytes]:
+        return decode_public_keys(self.grant_public_keys)

@@ -51,12 +51,13 @@ def serve() -> None:
 @cli.command()
 @click.option("--key-id", default="gateway-1", show_default=True, help="The key's `kid`.")
 def keygen(key_id: str) -> None:
-    """Print a new call-grant key pair: the gateway's settings and tool-vault's public keys."""
+    """Print a new call-grant key pair: the gateway's settings, tool-vault's and the registry's
+    public keys."""
     from voiceagents.gateway.grants import generate_key_pair
 
     for name, value in generate_key_pair(key_id).items():
         click.echo(
-            f"{name}={value}" if name != "VA_TOOLVAULT_GRANT_PUBLIC_KEYS" else f"{name}='{value}'"
+            f"{name}='{value}'" if name.endswith("_GRANT_PUBLIC_KEYS") else f"{name}={value}"
         )
 
 

@@ -1,5 +1,6 @@
 """Call grants: short-lived Ed25519 JWS that let a voice worker ask tool-vault for one call's
-credentials. The gateway signs; tool-vault verifies with the public key named by `kid`."""
+credentials and the registry for its knowledge-base search. The gateway signs; tool-vault and
+the registry verify with the public key named by `kid`."""
 
 from __future__ import annotations
 
@@ -47,11 +48,14 @@ def public_key_b64(private_key: bytes) -> str:
 
 
 def generate_key_pair(key_id: str) -> dict[str, str]:
-    """A new signing key: the gateway's two settings and tool-vault's public-key setting."""
+    """A new signing key: the gateway's two settings and the public-key settings of tool-vault
+    and the registry."""
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    public_keys = json.dumps({key_id: public_key_b64(private)})
     return {
         "VA_GATEWAY_GRANT_SIGNING_KEY": base64.b64encode(private).decode(),
         "VA_GATEWAY_GRANT_KEY_ID": key_id,
-        "VA_TOOLVAULT_GRANT_PUBLIC_KEYS": json.dumps({key_id: public_key_b64(private)}),
+        "VA_TOOLVAULT_GRANT_PUBLIC_KEYS": public_keys,
+        "VA_REGISTRY_GRANT_PUBLIC_KEYS": public_keys,
     }

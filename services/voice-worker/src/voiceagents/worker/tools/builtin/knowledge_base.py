@@ -1,10 +1,11 @@
 """Knowledge base: answers the caller's questions from the organization's help articles.
 
 The articles live in the registry (admins upload them over its REST API); the worker asks the
-registry for the best passages over NATS (`registry.v1.kb.search`, request/reply), for the
-call's organization only — taken from the call, never from the model — and only the agent
-tool's `collections` when set. This is the one tool whose answers depend on the registry being
-up: without it the caller hears that the knowledge base is unavailable, and the call goes on.
+registry for the best passages over NATS (`registry.v1.kb.search`, request/reply) with the
+call's grant. The registry decides what is searched from the grant: the call's organization,
+the agent tool's `collections` when set, and nothing once the call has ended. This is the one
+tool whose answers depend on the registry being up: without it the caller hears that the
+knowledge base is unavailable, and the call goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from livekit.agents import RunContext
 from nats.errors import Error as NatsError
 
 from voiceagents.contracts.codec import decode, encode
-from voiceagents.contracts.knowledge import KB_SEARCH_SUBJECT, KbSearchReply, KbSearchRequest
+from voiceagents.contracts.knowledge import (
+    KB_SEARCH_SUBJECT,
+    KB_TOOL_NAME,
+    KbSearchReply,
+    KbSearchRequest,
+)
 from voiceagents.worker.tools.base import BaseTool, ToolMetadata, tool_function
 
 UNAVAILABLE = (
@@ -30,7 +36,7 @@ SEARCH_TIMEOUT_SECONDS = 2.0
 
 class KnowledgeBase(BaseTool):
     metadata = ToolMetadata(
-        name="knowledge_base",
+        name=KB_TOOL_NAME,
         description="Answers callers' questions from the organization's help articles.",
         config_schema={
             "type": "object",
@@ -64,14 +70,11 @@ class KnowledgeBase(BaseTool):
         """
         state = _call_state(context)
         nc = getattr(state, "nats", None)
-        org_id = getattr(getattr(state, "call", None), "org_id", None)
-        if nc is None or not org_id:
+        grant = getattr(state, "grant", "")
+        if nc is None or not grant:
             return {"error": "unavailable", "say_to_caller": UNAVAILABLE}
         request = KbSearchRequest(
-            org_id=org_id,
-            query=query,
-            collections=list(self.config.get("collections", [])),
-            limit=int(self.config.get("max_passages", 3)),
+            grant=grant, query=query, limit=int(self.config.get("max_passages", 3))
         )
         try:
             msg = await nc.request(
