@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
+from typing import Any
 
+import msgspec
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
@@ -20,6 +22,15 @@ def add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+# msgspec renders a line in a fraction of the stdlib json's time (every request logs one); an
+# object it does not know is written as its repr, as structlog's default renderer does.
+_JSON = msgspec.json.Encoder(enc_hook=repr)
+
+
+def render_json(event: EventDict, **_: Any) -> str:
+    return _JSON.encode(event).decode()
+
+
 def configure_logging(level: str = "info") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stdout, level=numeric, format="%(message)s", force=True)
@@ -29,7 +40,7 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=render_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
