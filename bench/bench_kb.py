@@ -10,9 +10,8 @@ thousands of passages).
 Each sample is what the tool waits for: a `registry.v1.kb.search` request as the `worker` NATS
 user, with a call grant for an agent that has the knowledge base bound -> registry (grant
 verified, binding and call looked up) -> PostgreSQL full-text search -> reply, for the top 3
-passages. 1,000
-questions one after another (after 100 warm-up questions), then the same 1,000 from 8
-concurrent callers.
+passages. 1,000 questions one after another (after 100 warm-up questions), then the same 1,000
+from 8 concurrent callers.
 
 Run: `make bench-kb` (or `.venv/bin/python bench/bench_kb.py`).
 """
