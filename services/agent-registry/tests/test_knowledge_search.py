@@ -78,12 +78,13 @@ async def worker(registry: RunningRegistry, nats_server: NatsServer) -> AsyncIte
     """A voice worker's NATS connection, its catalog (with the knowledge base) synced."""
     nc = await nats.connect(**nats_server.credentials("worker"))
     sync = encode(CatalogSyncRequest(worker_id="kb-tests", tools=[KB_TOOL]))
-    while True:  # the registry subscribes once it has reached NATS
-        try:
-            answer = await nc.request(CATALOG_SYNC_SUBJECT, sync, timeout=10)
-            break
-        except NoRespondersError:
-            await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):  # the registry subscribes once it has reached NATS
+        while True:
+            try:
+                answer = await nc.request(CATALOG_SYNC_SUBJECT, sync, timeout=10)
+                break
+            except NoRespondersError:
+                await asyncio.sleep(0.05)
     reply = decode(answer.data, CatalogSyncReply)
     assert reply.error is None
     yield nc
