@@ -273,6 +273,19 @@ class ObservedStore:
         await self._backend.delete(path)
 
 
+async def cached_secret(
+    store: SecretStore,
+) -> tuple[FakeClock, ObservedStore, ReleaseReadCache, str]:
+    """A 5 s release cache over `store` (reads observed, on a fake clock), holding version 1
+    of a new secret at the returned path."""
+    clock = FakeClock()
+    observed = ObservedStore(store)
+    cache = ReleaseReadCache(observed, 5.0, clock=clock)
+    path = new_path()
+    await cache.write(path, doc(token="first"), cas=0)
+    return clock, observed, cache, path
+
+
 async def served_version(cache: ReleaseReadCache, path: str, version: int) -> None:
     """Until the release path answers `version` (a background refresh has landed)."""
     async with asyncio.timeout(5):
@@ -286,11 +299,7 @@ async def served_version(cache: ReleaseReadCache, path: str, version: int) -> No
 async def test_a_value_near_expiry_is_served_from_memory_while_one_read_refreshes_it(
     store: SecretStore,
 ) -> None:
-    clock = FakeClock()
-    observed = ObservedStore(store)
-    cache = ReleaseReadCache(observed, 5.0, clock=clock)
-    path = new_path()
-    await cache.write(path, doc(token="first"), cas=0)
+    clock, observed, cache, path = await cached_secret(store)
     await store.write(path, doc(token="rotated elsewhere"), cas=1)  # another replica
     clock.now += 4.1  # past the refresh point (<= 80 % of 5 s), before expiry
 
@@ -305,11 +314,7 @@ async def test_a_value_near_expiry_is_served_from_memory_while_one_read_refreshe
 
 
 async def test_a_failed_refresh_keeps_the_value_until_it_expires(store: SecretStore) -> None:
-    clock = FakeClock()
-    observed = ObservedStore(store)
-    cache = ReleaseReadCache(observed, 5.0, clock=clock)
-    path = new_path()
-    await cache.write(path, doc(token="first"), cas=0)
+    clock, observed, cache, path = await cached_secret(store)
     observed.fail = True
     clock.now += 4.1
 
@@ -326,11 +331,7 @@ async def test_a_failed_refresh_keeps_the_value_until_it_expires(store: SecretSt
 async def test_a_refresh_that_read_before_this_replicas_write_does_not_undo_it(
     store: SecretStore,
 ) -> None:
-    clock = FakeClock()
-    observed = ObservedStore(store)
-    cache = ReleaseReadCache(observed, 5.0, clock=clock)
-    path = new_path()
-    await cache.write(path, doc(token="first"), cas=0)
+    clock, observed, cache, path = await cached_secret(store)
     observed.hold = asyncio.Event()
     clock.now += 4.1
     await cache.read(path, cached=True)  # starts a refresh, which reads version 1 and waits
