@@ -104,21 +104,28 @@ async def test_a_caller_joining_late_hears_the_exact_greeting_first_then_a_tool_
     assert not [raw for raw in call_events.raw if planted_secret.encode() in raw]
 
 
-async def test_a_caller_hears_all_of_the_greeting(
+async def test_the_agents_voice_is_in_the_room_before_the_caller_who_hears_all_of_the_greeting(
     start_worker: Any,
     place_call: Any,
     agent_in_kv: Any,
     make_config: Any,
     call_events: Any,
+    livekit_server: LiveKitServer,
 ) -> None:
     config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
     worker = await start_worker(SCRIPT)
     placed = await place_call(config, worker.agent_name)
     await call_events.wait_for(AgentJoined, placed.call.call_sid)
+    room = placed.call.room
+    async with asyncio.timeout(10):  # the server API has no event for a published track
+        while not (tracks := await agent_audio_tracks(livekit_server, room)):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
     await placed.caller.join()
     heard = await placed.caller.wait_until_agent_quiet()
 
+    # Published before the caller, without DTX (its silence is sent as audio).
+    assert [(track.name, track.disable_dtx) for track in tracks] == [("agent_voice", True)]
     # None of it is lost to the join, where a clipped start loses a first word (>= 250 ms).
     # The codec smears word edges, so a few more frames than rendered count as loud (2.96 s
     # heard for 2.92 s rendered, quiet machine).
@@ -194,6 +201,21 @@ async def wait_for_turn_down(worker: Any, livekit: LiveKitServer, seen: int) -> 
     async with asyncio.timeout(30):
         while turn_downs(worker, livekit) <= seen:  # noqa: ASYNC110 - logs have no event
             await asyncio.sleep(0.05)
+
+
+async def agent_audio_tracks(livekit: LiveKitServer, room: str) -> list[api.TrackInfo]:
+    lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
+    try:
+        response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+    finally:
+        await lkapi.aclose()
+    return [
+        track
+        for p in response.participants
+        if p.kind == api.ParticipantInfo.Kind.AGENT
+        for track in p.tracks
+        if track.type == api.TrackType.AUDIO
+    ]
 
 
 async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:

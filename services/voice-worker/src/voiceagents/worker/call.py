@@ -2,8 +2,8 @@
 
 The moment a job starts, the worker prepares everything the call needs — the agent's runtime
 config from memory, the tools' credentials from tool-vault, the tool list, the greeting audio,
-the model session — while LiveKit SIP is still bridging the caller. When the caller's SIP
-participant joins, the greeting plays at once, first and word for word.
+the model session, the agent's audio track — while LiveKit SIP is still bridging the caller.
+When the caller's SIP participant joins, the greeting plays at once, first and word for word.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 log = structlog.get_logger("voiceagents.worker.call")
 
 CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
+AUDIO_SAMPLE_RATE = 24_000  # what both realtime models speak
 NATS_CONNECT_SECONDS = 2.0
 # The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
 # detector): no local VAD or turn-detector model is loaded.
@@ -70,6 +71,8 @@ TURN_HANDLING: TurnHandlingOptions = {"turn_detection": "realtime_llm"}
 ROOM_OPTIONS = room_io.RoomOptions(
     participant_kinds=CALLER_KINDS,
     close_on_disconnect=True,
+    # The agent's voice is `AgentVoiceTrack`, published before the caller is there.
+    audio_output=False,
     # A phone caller sees no captions: pacing the transcript to the audio (an STFT per frame)
     # would only cost CPU, a call's scarcest resource.
     text_output=room_io.TextOutputOptions(sync_transcription=False),
@@ -307,6 +310,47 @@ async def greet(
         handle.add_done_callback(lambda _: session.input.set_audio_enabled(True))
 
 
+class AgentVoiceTrack(room_io._ParticipantAudioOutput):
+    """The agent's voice in the room, published as soon as the job has joined.
+
+    livekit-agents' own room output publishes its track only once the caller is in the room, so
+    the caller waits for that publish and a second subscription round trip before the greeting
+    can reach them. Published while LiveKit SIP is still bridging, the track is there when the
+    caller joins and is subscribed as part of the join. Frames wait until the caller has
+    subscribed (LiveKit signals it once the caller's side is bound and connected)."""
+
+    def __init__(self, room: rtc.Room) -> None:
+        super().__init__(
+            room,
+            sample_rate=AUDIO_SAMPLE_RATE,
+            num_channels=1,
+            # No DTX: the track is silent until the greeting, and after a DTX pause the
+            # caller's jitter buffer played the greeting later and shortened under CPU load.
+            track_publish_options=rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False
+            ),
+            track_name="agent_voice",
+        )
+        self._publishing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AgentVoiceTrack:
+        # start() publishes, then waits for the caller's subscription, which comes later.
+        self._publishing = asyncio.create_task(self.start())
+        self._publishing.add_done_callback(_log_publish_failure)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
+            await asyncio.gather(self._publishing, return_exceptions=True)
+        await self.aclose()
+
+
+def _log_publish_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the agent's audio track was not published", error=repr(task.exception()))
+
+
 def new_session(model: llm.RealtimeModel, state: CallState) -> AgentSession[CallState]:
     """The call's agent session; every transcript line also goes out as a call event."""
     session: AgentSession[CallState] = AgentSession(
@@ -444,12 +488,16 @@ async def run_session(
     session.on("close", on_close)
     ctx.room.on("disconnected", on_room_closed)
     ctx.room.on("participant_disconnected", on_participant_left)
-    await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
-    await ctx.wait_for_participant(kind=CALLER_KINDS)
-    answered = time.perf_counter()
-    await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
-    ends: list[asyncio.Future[Any]] = [closed, room_closed]
-    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    async with AgentVoiceTrack(ctx.room) as voice:
+        session.output.audio = voice
+        await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
+        # Greeting on the subscription alone was sooner, but it can come before the caller's
+        # side is listening: under load the simulated caller missed the first frames that way.
+        await ctx.wait_for_participant(kind=CALLER_KINDS)
+        answered = time.perf_counter()
+        await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
+        ends: list[asyncio.Future[Any]] = [closed, room_closed]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     ended_by, reason = how_it_ended(
         closed.result().reason if closed.done() else None, caller_hung_up, state.ended_by_agent
     )
