@@ -333,13 +333,18 @@ class AgentVoiceTrack(room_io._ParticipantAudioOutput):
         )
         self._publishing: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> AgentVoiceTrack:
-        # start() publishes, then waits for the caller's subscription, which comes later.
-        self._publishing = asyncio.create_task(self.start())
+    def publish_once(self, connected: asyncio.Future[None]) -> None:
+        """Publish the track as soon as the room is connected, in the background."""
+        self._publishing = asyncio.create_task(self._publish(connected))
         self._publishing.add_done_callback(_log_publish_failure)
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def _publish(self, connected: asyncio.Future[None]) -> None:
+        await connected
+        # start() publishes, then waits for the caller's subscription, which comes later.
+        await self.start()
+
+    async def close(self, _reason: str) -> None:
+        """The job's shutdown callback."""
         if self._publishing is not None:
             self._publishing.cancel()
             await asyncio.gather(self._publishing, return_exceptions=True)
@@ -401,6 +406,10 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("bad dispatch metadata")
         return
     connected = asyncio.ensure_future(ctx.connect())
+    # Published while the call is prepared, so the caller's leg finds it when it joins.
+    voice = AgentVoiceTrack(ctx.room)
+    voice.publish_once(connected)
+    ctx.add_shutdown_callback(voice.close)
     nc = await connect_nats(settings)
     CALL_SETUP_SECONDS.labels("nats").observe(time.perf_counter() - started)
     js = nc.jetstream() if nc is not None else None
@@ -446,7 +455,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     try:
         await connected
-        await run_session(ctx, runtime, state, greeting)
+        await run_session(ctx, runtime, state, voice, greeting)
     except Exception as exc:  # the caller must not be left in silence without an end event
         log.error("call failed", call_sid=state.call.call_sid, error=type(exc).__name__)
         events.ended(ended_by="system", reason="failed", status="failed")
@@ -457,7 +466,11 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 async def run_session(
-    ctx: JobContext, runtime: WorkerRuntime, state: CallState, greeting: asyncio.Future[Phrase]
+    ctx: JobContext,
+    runtime: WorkerRuntime,
+    state: CallState,
+    voice: AgentVoiceTrack,
+    greeting: asyncio.Future[Phrase],
 ) -> None:
     """The conversation: start the session, greet the caller when they are there, and say how
     the call ended once it has."""
@@ -488,16 +501,15 @@ async def run_session(
     session.on("close", on_close)
     ctx.room.on("disconnected", on_room_closed)
     ctx.room.on("participant_disconnected", on_participant_left)
-    async with AgentVoiceTrack(ctx.room) as voice:
-        session.output.audio = voice
-        await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
-        # Greeting on the subscription alone was sooner, but it can come before the caller's
-        # side is listening: under load the simulated caller missed the first frames that way.
-        await ctx.wait_for_participant(kind=CALLER_KINDS)
-        answered = time.perf_counter()
-        await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
-        ends: list[asyncio.Future[Any]] = [closed, room_closed]
-        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    session.output.audio = voice
+    await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
+    # Greeting on the subscription alone was sooner, but it can come before the caller's
+    # side is listening: under load the simulated caller missed the first frames that way.
+    await ctx.wait_for_participant(kind=CALLER_KINDS)
+    answered = time.perf_counter()
+    await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
+    ends: list[asyncio.Future[Any]] = [closed, room_closed]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     ended_by, reason = how_it_ended(
         closed.result().reason if closed.done() else None, caller_hung_up, state.ended_by_agent
     )
