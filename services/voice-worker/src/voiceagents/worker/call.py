@@ -310,8 +310,9 @@ async def greet(
         handle.add_done_callback(lambda _: session.input.set_audio_enabled(True))
 
 
+# livekit-agents' own room audio output, a private class: the call tests exercise it on upgrades.
 class AgentVoiceTrack(room_io._ParticipantAudioOutput):
-    """The agent's voice in the room, published as soon as the job has joined.
+    """The agent's voice in the room, published as soon as the job's room connection is up.
 
     livekit-agents' own room output publishes its track only once the caller is in the room, so
     the caller waits for that publish and a second subscription round trip before the greeting
