@@ -325,11 +325,9 @@ class AgentVoiceTrack(room_io._ParticipantAudioOutput):
             room,
             sample_rate=AUDIO_SAMPLE_RATE,
             num_channels=1,
-            # No DTX: the track is silent until the greeting, and after a DTX pause the
-            # caller's jitter buffer played the greeting later and shortened under CPU load.
-            track_publish_options=rtc.TrackPublishOptions(
-                source=rtc.TrackSource.SOURCE_MICROPHONE, dtx=False
-            ),
+            # With DTX (the default), as livekit-agents publishes: sending the silence before
+            # and between answers doubled LiveKit's CPU per call and cost calls per core.
+            track_publish_options=rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
             track_name="agent_voice",
         )
         self._publishing: asyncio.Task[None] | None = None
