@@ -203,28 +203,26 @@ async def wait_for_turn_down(worker: Any, livekit: LiveKitServer, seen: int) -> 
             await asyncio.sleep(0.05)
 
 
-async def agent_audio_tracks(livekit: LiveKitServer, room: str) -> list[api.TrackInfo]:
+async def agent_participants(livekit: LiveKitServer, room: str) -> list[api.ParticipantInfo]:
     lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
     try:
         response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
     finally:
         await lkapi.aclose()
+    return [p for p in response.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
+
+
+async def agent_audio_tracks(livekit: LiveKitServer, room: str) -> list[api.TrackInfo]:
     return [
         track
-        for p in response.participants
-        if p.kind == api.ParticipantInfo.Kind.AGENT
+        for p in await agent_participants(livekit, room)
         for track in p.tracks
         if track.type == api.TrackType.AUDIO
     ]
 
 
 async def agents_in(livekit: LiveKitServer, room: str) -> list[str]:
-    lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
-    try:
-        response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-    finally:
-        await lkapi.aclose()
-    return [p.identity for p in response.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
+    return [p.identity for p in await agent_participants(livekit, room)]
 
 
 # Test tools plus the built-in system tool (end_call).

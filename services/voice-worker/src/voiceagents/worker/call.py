@@ -63,7 +63,6 @@ from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 log = structlog.get_logger("voiceagents.worker.call")
 
 CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
-AUDIO_SAMPLE_RATE = 24_000  # what both realtime models speak
 NATS_CONNECT_SECONDS = 2.0
 # The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
 # detector): no local VAD or turn-detector model is loaded.
@@ -323,8 +322,9 @@ class AgentVoiceTrack(room_io._ParticipantAudioOutput):
     def __init__(self, room: rtc.Room) -> None:
         super().__init__(
             room,
-            sample_rate=AUDIO_SAMPLE_RATE,
-            num_channels=1,
+            # The format livekit-agents' own room output uses (what both realtime models speak).
+            sample_rate=room_io.AudioOutputOptions.sample_rate,
+            num_channels=room_io.AudioOutputOptions.num_channels,
             # With DTX (the default), as livekit-agents publishes: sending the silence before
             # and between answers doubled LiveKit's CPU per call and cost calls per core.
             track_publish_options=rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
