@@ -296,7 +296,9 @@ class PhoneCall:
         elif kind == "agent_joined":
             self._print(f" event: agent joined (setup {event['setup_ms']:.0f} ms)")
         elif kind in ("ended", "failed"):
-            detail = event.get("ended_by") or event.get("reason") or ""
+            # Twilio's status callback does not say who hung up: the gateway's event has a reason.
+            ended_by = event.get("ended_by", "unknown")
+            detail = f"by {ended_by}" if ended_by != "unknown" else event.get("reason", "")
             self._print(f" event: call {kind} ({event.get('source')}) {detail}".rstrip())
 
     async def dial(self, routed_within: float = 10.0) -> TwimlAnswer:
