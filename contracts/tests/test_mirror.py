@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -96,3 +97,120 @@ async def test_ensure_stream_is_idempotent(nats_ops: NatsClient) -> None:
     info = await js.stream_info(CALLS_STREAM)
     assert info.config.subjects == ["calls.v1.>"]
     assert info.config.duplicate_window == 3600.0
+
+
+async def test_an_unreadable_value_is_skipped_and_the_watch_goes_on(
+    nats_ops: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nats_ops.jetstream()
+    await bus.ensure_buckets(js)
+    agents = await js.key_value(AGENT_CONFIG_BUCKET)
+    numbers = await js.key_value(PHONE_NUMBERS_BUCKET)
+    mirror = ConfigMirror()
+    await mirror.start(js)
+    bad_number = str(uuid.uuid4().int)[:11]
+    bad_agent = str(uuid.uuid4())
+    try:
+        await numbers.put(bad_number, b'{"phone_number": "sk-live-not-json')
+        # JSON, but an enum value this version does not know (msgspec would quote it).
+        broken = msgspec.to_builtins(_agent(bad_agent, 1))
+        broken["tools"] = [{"agent_tool_id": "t", "tool_name": "crm", "auth_type": "sk-live-x"}]
+        await agents.put(bad_agent, msgspec.json.encode(broken))
+        agent_id = str(uuid.uuid4())
+        e164 = f"+1555{uuid.uuid4().int % 10**7:07d}"
+        await agents.put(agent_id, encode(_agent(agent_id, 1)))
+        await numbers.put(
+            phone_number_key(e164),
+            encode(
+                PhoneNumberEntry(phone_number=e164, agent_id=agent_id, org_id="org-1", version=1)
+            ),
+        )
+
+        await _until(mirror, lambda: mirror.route(e164) is not None)
+
+        assert mirror.ready.is_set()
+        assert mirror.number(bad_number) is None and mirror.agent(bad_agent) is None
+        logged = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+        assert any(f"phone-numbers entry for key {bad_number}" in line for line in logged)
+        assert any(f"agent-config entry for key {bad_agent}" in line for line in logged)
+        assert not any("sk-live" in line for line in caplog.text.splitlines())
+    finally:
+        await mirror.stop()
+        await numbers.delete(bad_number)
+        await agents.delete(bad_agent)
+
+
+async def test_an_unreadable_value_in_the_initial_load_does_not_hold_up_start(
+    nats_ops: NatsClient,
+) -> None:
+    js = nats_ops.jetstream()
+    await bus.ensure_buckets(js)
+    numbers = await js.key_value(PHONE_NUMBERS_BUCKET)
+    agents = await js.key_value(AGENT_CONFIG_BUCKET)
+    bad_number = str(uuid.uuid4().int)[:11]
+    await numbers.put(bad_number, b"{not json")
+    agent_id = str(uuid.uuid4())
+    await agents.put(agent_id, encode(_agent(agent_id, 1)))
+    mirror = ConfigMirror()
+    try:
+        async with asyncio.timeout(10):
+            await mirror.start(js)
+
+        assert mirror.ready.is_set()
+        assert mirror.agent(agent_id) is not None
+    finally:
+        await mirror.stop()
+        await numbers.delete(bad_number)
+
+
+async def test_a_watch_stopped_by_an_unexpected_error_is_logged_and_not_ready(
+    nats_ops: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = nats_ops.jetstream()
+    await bus.ensure_buckets(js)
+    agents = await js.key_value(AGENT_CONFIG_BUCKET)
+    poison = str(uuid.uuid4())
+    raised = asyncio.Event()
+
+    def listener(_bucket: str, key: str) -> None:
+        if key == poison:
+            raised.set()  # its waiter runs after the watch task has handled the error
+            raise RuntimeError("listener bug")
+
+    mirror = ConfigMirror()
+    mirror.on_change(listener)
+    await mirror.start(js)
+    try:
+        await agents.put(poison, encode(_agent(poison, 1)))
+        async with asyncio.timeout(5):
+            await raised.wait()
+
+        assert not mirror.ready.is_set()
+        assert "kv watch of agent-config stopped" in caplog.text
+    finally:
+        await mirror.stop()
+        await agents.delete(poison)
+
+
+async def test_start_fails_when_a_watch_stops_during_the_initial_load(
+    nats_ops: NatsClient,
+) -> None:
+    js = nats_ops.jetstream()
+    await bus.ensure_buckets(js)
+    agents = await js.key_value(AGENT_CONFIG_BUCKET)
+    poison = str(uuid.uuid4())
+    await agents.put(poison, encode(_agent(poison, 1)))
+
+    def listener(_bucket: str, key: str) -> None:
+        if key == poison:
+            raise RuntimeError("listener bug")
+
+    mirror = ConfigMirror()
+    mirror.on_change(listener)
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(RuntimeError, match="stopped before the initial values"):
+                await mirror.start(js)
+        assert not mirror.ready.is_set()
+    finally:
+        await agents.delete(poison)

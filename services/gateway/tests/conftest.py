@@ -7,7 +7,7 @@ import asyncio
 import base64
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -169,6 +169,42 @@ async def gateway(
     )
     async for running in run_gateway(settings):
         yield running
+
+
+@pytest.fixture
+async def other_replica(gateway: RunningGateway) -> AsyncIterator[RunningGateway]:
+    """A second replica next to `gateway`: same settings, its own memory and port (Twilio's
+    callbacks for a call may reach either)."""
+    async for running in run_gateway(gateway.state.settings):
+        yield running
+
+
+async def mirrored(replica: RunningGateway, number: str, agent: AgentRuntimeConfig) -> None:
+    """Wait until `replica`'s mirror routes `number` to `agent` (bound through another one)."""
+    mirror = replica.state.mirror
+    changed = asyncio.Event()
+    mirror.on_change(lambda _bucket, _key: changed.set())
+    while (route := mirror.route(number)) is None or route[1].version != agent.version:
+        changed.clear()
+        await changed.wait()
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait (bounded) for what a NATS message brings about in a gateway: a call event another
+    replica or a worker published."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 - a delivery inside the app, nothing to await
+            await asyncio.sleep(0.01)
+
+
+def knows_bridged(replica: RunningGateway, call_sid: str) -> Callable[[], bool]:
+    """True once `replica` knows the call is bridged (its own, or heard on NATS)."""
+
+    def check() -> bool:
+        record = replica.state.handler.book.get(call_sid)
+        return record is not None and record.started is not None
+
+    return check
 
 
 def new_call_sid() -> str:

@@ -12,7 +12,14 @@ from voiceagents.contracts.calls import AnyCallEvent, CallEnded, CallStarted
 from voiceagents.contracts.codec import decode_union
 from voiceagents.devstack.servers import LiveKitServer
 
-from .conftest import Numbers, RunningGateway, new_call_sid
+from .conftest import (
+    Numbers,
+    RunningGateway,
+    eventually,
+    knows_bridged,
+    mirrored,
+    new_call_sid,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,22 +87,26 @@ async def test_status_callbacks_in_reverse_order_make_one_correct_call_record(
 
 
 async def test_a_call_answered_by_another_replica_is_still_recorded_once(
-    gateway: RunningGateway, numbers: Numbers, nats_ops: NatsClient
+    gateway: RunningGateway, other_replica: RunningGateway, numbers: Numbers, nats_ops: NatsClient
 ) -> None:
     number, agent = await gateway.bind(numbers)
+    await mirrored(other_replica, number, agent)
     call_sid = new_call_sid()
     params = {"CallSid": call_sid, "From": "+14155550100", "To": number}
+    assert (await gateway.twilio.incoming(call_sid, "+14155550100", number)).sip_uri
+    await eventually(knows_bridged(other_replica, call_sid))  # its `started`, heard on NATS
 
-    # This replica never saw the incoming webhook; Twilio repeats and reorders callbacks.
+    # The other replica never saw the incoming webhook; Twilio repeats and reorders callbacks.
     for status in ["in-progress", "completed", "in-progress", "completed"]:
-        await gateway.twilio.post(
+        await other_replica.twilio.post(
             "/api/v1/voice/twilio/status", {**params, "CallStatus": status, "CallDuration": "7"}
         )
+    await settle(other_replica)
     await settle(gateway)
 
     events = await call_events(nats_ops, call_sid)
     assert [type(e) for e in events] == [CallStarted, CallEnded]
-    assert all(e.agent_id == agent.agent_id for e in events)
+    assert all((e.agent_id, e.org_id) == (agent.agent_id, agent.org_id) for e in events)
 
 
 async def test_a_failed_sip_leg_ends_the_call_with_that_status(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from xml.etree import ElementTree
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from livekit import api
+from nats.aio.client import Client as NatsClient
 
 from voiceagents.contracts.calls import CallContext, DispatchMetadata
 from voiceagents.contracts.codec import decode
@@ -16,6 +18,7 @@ from voiceagents.devstack.servers import LiveKitServer
 from voiceagents.gateway.twiml import REJECTIONS
 
 from .conftest import KEY_ID, PUBLIC_BASE_URL, SIGNING_KEY, Numbers, RunningGateway, new_call_sid
+from .test_call_events import call_events, settle
 
 pytestmark = pytest.mark.integration
 
@@ -159,13 +162,58 @@ async def test_signatures_made_with_the_default_port_are_accepted(
     assert answer.sip_uri is not None
 
 
-async def test_a_signed_webhook_without_a_call_sid_is_a_clear_client_error(
-    gateway: RunningGateway,
+@pytest.mark.parametrize("missing", ["CallSid", "To"])
+async def test_a_signed_webhook_without_a_call_sid_or_to_is_a_clear_client_error(
+    gateway: RunningGateway, missing: str
 ) -> None:
-    answer = await gateway.twilio.post("/api/v1/voice/twilio/incoming", {"To": "+15550000000"})
+    call_sid = new_call_sid()
+    params = {"CallSid": call_sid, "From": "+14155550100", "To": "+15550000000"}
+    del params[missing]
+
+    answer = await gateway.twilio.post("/api/v1/voice/twilio/incoming", params)
 
     assert answer.status_code == 400
-    assert "CallSid" in answer.body
+    assert f'"field":"{missing}"' in answer.body
+    assert gateway.state.handler.book.get(call_sid) is None
+    metrics = (await gateway.client.get("/metrics")).text
+    assert 'gateway_webhook_seconds_count{endpoint="incoming",outcome="bad_request"} 1.0' in metrics
+
+
+async def test_a_call_that_ends_while_its_room_is_being_made_is_not_bridged(
+    gateway: RunningGateway,
+    numbers: Numbers,
+    nats_ops: NatsClient,
+    livekit: api.LiveKitAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    number, agent = await gateway.bind(numbers, max_concurrent_calls=1)
+    rooms = gateway.state.rooms
+    creating, finish = asyncio.Event(), asyncio.Event()
+    create = rooms.create
+
+    async def slow_create(call: CallContext, grant: str) -> api.Room:
+        creating.set()
+        await finish.wait()
+        return await create(call, grant)
+
+    monkeypatch.setattr(rooms, "create", slow_create)
+    call_sid = new_call_sid()
+    incoming = asyncio.create_task(gateway.twilio.incoming(call_sid, "+14155550100", number))
+    async with asyncio.timeout(10):
+        await creating.wait()
+
+    # The caller hangs up while LiveKit is still making the room.
+    assert (await gateway.twilio.status(call_sid, "canceled")).status_code == 200
+    finish.set()
+    answer = await incoming
+    await settle(gateway)
+
+    assert answer.hangs_up and answer.sip_uri is None
+    assert await call_events(nats_ops, call_sid) == []
+    rooms_left = await livekit.room.list_rooms(api.ListRoomsRequest(names=[f"call_{call_sid}"]))
+    assert rooms_left.rooms == []
+    assert gateway.state.handler.book.active(agent.agent_id) == 0
+    await livekit.aclose()
 
 
 async def test_the_fallback_url_apologises(gateway: RunningGateway) -> None:
@@ -190,3 +238,22 @@ async def test_health_readiness_and_metrics(gateway: RunningGateway, numbers: Nu
     assert 'gateway_webhook_seconds_count{endpoint="incoming",outcome="bridged"} 1.0' in text
     assert "gateway_rooms_created_total 1.0" in text
     assert 'gateway_rejections_total{reason="unknown_number"} 1.0' in text
+
+
+async def test_readiness_turns_false_when_the_mirrors_watch_stops(
+    gateway: RunningGateway, numbers: Numbers
+) -> None:
+    broken = asyncio.Event()
+
+    def listener(_bucket: str, _key: str) -> None:
+        broken.set()  # its waiter runs after the watch task has handled the error
+        raise RuntimeError("a bug while applying a change")
+
+    gateway.state.mirror.on_change(listener)
+    await numbers.bind()
+    async with asyncio.timeout(10):
+        await broken.wait()
+
+    ready = await gateway.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["mirror"] is False

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ChangeListener = Callable[[str, str], None]
 
+_QUOTED = re.compile(r"'[^']*'")
+
 
 class ConfigMirror:
     """Agents by id and phone numbers by E.164, answered from memory."""
@@ -42,6 +46,8 @@ class ConfigMirror:
         self._listeners: list[ChangeListener] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
+        self._stopping = False
+        # Set once the initial values are in; cleared if a watch stops (readiness turns false).
         self.ready = asyncio.Event()
 
     # -- lookups (the hot path: dictionary reads only) -------------------------------------
@@ -102,7 +108,8 @@ class ConfigMirror:
     # -- keeping current from KV -----------------------------------------------------------
 
     async def start(self, js: JetStreamContext) -> None:
-        """Fill from both buckets, then keep watching. Returns once the initial values are in."""
+        """Fill from both buckets, then keep watching. Returns once the initial values are in;
+        raises if a watch stops before that."""
         buckets = (AGENT_CONFIG_BUCKET, PHONE_NUMBERS_BUCKET)
         initial = [asyncio.Event(), asyncio.Event()]
         for bucket, loaded in zip(buckets, initial, strict=True):
@@ -110,10 +117,19 @@ class ConfigMirror:
             watcher = await kv.watchall()
             self._watchers.append(watcher)
             self._tasks.append(asyncio.create_task(self._follow(bucket, watcher, loaded)))
-        await asyncio.gather(*(event.wait() for event in initial))
+        filled = asyncio.ensure_future(asyncio.gather(*(event.wait() for event in initial)))
+        waiting: set[asyncio.Future[Any]] = {filled, *self._tasks}
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            filled.cancel()
+        if not all(event.is_set() for event in initial):
+            await self.stop()
+            raise RuntimeError("a KV watch stopped before the initial values were in")
         self.ready.set()
 
     async def stop(self) -> None:
+        self._stopping = True
         for watcher in self._watchers:
             try:
                 await watcher.stop()  # type: ignore[no-untyped-call]
@@ -128,15 +144,31 @@ class ConfigMirror:
     async def _follow(
         self, bucket: str, watcher: KeyValue.KeyWatcher, loaded: asyncio.Event
     ) -> None:
-        async for entry in watcher:
-            if entry is None:  # end of the initial values
-                loaded.set()
-                continue
-            try:
-                self._apply_entry(bucket, entry)
-            except msgspec.ValidationError:
-                # A value this version cannot read: keep serving what we have, say so.
-                log.exception("unreadable %s entry for key %s", bucket, entry.key)
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the initial values
+                    loaded.set()
+                    continue
+                try:
+                    self._apply_entry(bucket, entry)
+                except msgspec.DecodeError as exc:  # not JSON, or not this version's shape
+                    # Keep serving what we have and keep following. msgspec quotes offending
+                    # values (an unknown enum value); the log names the problem, never a value.
+                    log.error(
+                        "unreadable %s entry for key %s skipped (revision %s): %s",
+                        bucket,
+                        entry.key,
+                        entry.revision,
+                        _QUOTED.sub("'…'", str(exc)),
+                    )
+        except Exception:
+            # Anything else would leave the mirror silently stale: say so, and stop being ready.
+            log.exception("kv watch of %s stopped; the mirror is no longer current", bucket)
+            self.ready.clear()
+            return
+        if not self._stopping:
+            log.error("kv watch of %s ended; the mirror is no longer current", bucket)
+            self.ready.clear()
 
     def _apply_entry(self, bucket: str, entry: KeyValue.Entry) -> None:
         deleted = entry.operation in (KV_DEL, KV_PURGE)

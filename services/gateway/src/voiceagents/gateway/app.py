@@ -24,10 +24,19 @@ from litestar.status_codes import (
 )
 from multidict import MultiDict
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voiceagents.contracts import bus
-from voiceagents.contracts.calls import CALLS_STREAM
+from voiceagents.contracts.calls import (
+    CALL_ENDED_SUBJECT,
+    CALL_FAILED_SUBJECT,
+    CALL_STARTED_SUBJECT,
+    CALLS_STREAM,
+    AnyCallEvent,
+)
+from voiceagents.contracts.codec import decode_union
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.gateway.agentloss import (
     LIVEKIT_WEBHOOK_PATH,
@@ -70,6 +79,7 @@ class Gateway:
     livekit_webhook: LiveKitWebhookVerifier
     agent_loss: AgentLossWatch
     sweeper: asyncio.Task[None]
+    following: list[Subscription]
 
 
 def _problem(
@@ -218,6 +228,22 @@ async def _sweep(handler: CallHandler, metrics: GatewayMetrics) -> None:
         metrics.active_calls.set(handler.book.active_total)
 
 
+async def _follow_calls(nc: NatsClient, handler: CallHandler) -> list[Subscription]:
+    """Every replica hears every call's start and end (core NATS: the events published to the
+    CALLS stream reach core subscribers too), whichever replica or worker published them."""
+
+    async def receive(msg: Msg) -> None:
+        try:
+            event: AnyCallEvent = decode_union(msg.data, AnyCallEvent)
+        except msgspec.DecodeError as exc:
+            log.warning("unreadable call event ignored", subject=msg.subject, error=str(exc))
+            return
+        handler.follow(event)
+
+    subjects = (CALL_STARTED_SUBJECT, CALL_ENDED_SUBJECT, CALL_FAILED_SUBJECT)
+    return [await nc.subscribe(subject, cb=receive) for subject in subjects]
+
+
 async def start_gateway(settings: Settings) -> Gateway:
     metrics = GatewayMetrics()
     nc = await bus.connect(settings.nats_url, "gateway", settings.nats_password, name="gateway")
@@ -257,6 +283,7 @@ async def start_gateway(settings: Settings) -> Gateway:
         metrics=metrics,
         grace_seconds=settings.agent_lost_grace_seconds,
     )
+    following = await _follow_calls(nc, handler)
     return Gateway(
         settings=settings,
         metrics=metrics,
@@ -271,11 +298,15 @@ async def start_gateway(settings: Settings) -> Gateway:
         ),
         agent_loss=agent_loss,
         sweeper=asyncio.create_task(_sweep(handler, metrics)),
+        following=following,
     )
 
 
 async def stop_gateway(gateway: Gateway) -> None:
     gateway.sweeper.cancel()
+    for subscription in gateway.following:
+        with contextlib.suppress(Exception):  # the connection may already be closed
+            await subscription.unsubscribe()
     await gateway.handler.drain(timeout=5.0)
     await gateway.agent_loss.drain(timeout=5.0)
     await gateway.events.drain(timeout=5.0)

@@ -1,14 +1,17 @@
-"""What this gateway knows of the calls it answered: the answer given per CallSid (so a repeated
-webhook gets the same TwiML and does no work twice) and the active calls per agent (for
-`max_concurrent_calls`).
+"""What this gateway knows of calls: the answer given per CallSid (so a repeated webhook gets the
+same TwiML and does no work twice), which calls are bridged to an agent and by whom (for their
+`ended`), and the active calls per agent (for `max_concurrent_calls`).
 
 The active-call count is per gateway process: with several replicas behind a load balancer each
 replica enforces the limit on the calls it answered, so the effective limit is up to
 `replicas x max_concurrent_calls`. An exact cross-replica count would need a shared counter on
 the call path (a NATS round trip on every call); we chose local state and say so in the README.
-A live call's entry expires after the longest call, so a lost status callback cannot hold
-capacity forever; a call that ended or was turned away is remembered only long enough to
-answer Twilio's retries and late callbacks the same way (memory stays bounded by the rate).
+Twilio's final callback may reach any replica, so every replica follows the calls' `started`,
+`ended` and `failed` events on NATS (webhook.py): the replica holding a slot frees it whichever
+replica or worker said the call is over. A live call's entry expires after the longest call, so
+a lost end cannot hold capacity forever; a call that ended or was turned away is remembered only
+long enough to answer Twilio's retries and late callbacks the same way (memory stays bounded by
+the rate).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from voiceagents.contracts.calls import CallContext
+from voiceagents.contracts.calls import CallContext, CallEnded, CallStarted
 
 
 @dataclass
@@ -26,11 +29,17 @@ class CallRecord:
     answer: asyncio.Future[str] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # Set by the replica that answered the incoming webhook.
     context: CallContext | None = None
     # Set while the call counts against this agent's max_concurrent_calls.
     counted_for: str | None = None
-    bridged: bool = False
+    # The call's `started` once it is bridged to an agent, by this replica or another (learned
+    # from NATS): the org and agent its `ended` names. None for calls turned away.
+    started: CallStarted | None = None
     ended: bool = False
+    # A final status that came before this replica knew the call was bridged; it is published
+    # (with the org and agent) if the call's `started` arrives after all.
+    unowned_end: CallEnded | None = None
     expires_at: float = 0.0
 
 

@@ -1,7 +1,11 @@
-"""Twilio's voice webhooks: the incoming call, status callbacks, the Dial action and the fallback.
+"""Twilio's voice webhooks: the incoming call, status callbacks, the Dial action and the fallback;
+and the calls' lifecycle events every replica follows.
 
 The incoming call's hot path is memory lookups, one Ed25519 signature and one LiveKit request
 (CreateRoom with the agent dispatch in it); events go to JetStream after the answer is sent.
+Twilio's callbacks for a call may reach another replica than its incoming webhook did, so each
+replica follows `calls.v1.started`, `ended` and `failed` from all of them (and from workers):
+it learns which calls are bridged and by whom, and frees its slot when a call it holds ends.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import msgspec
 import structlog
 from multidict import MultiDict
 
 from voiceagents.contracts.calls import (
+    AnyCallEvent,
     CallContext,
     CallEnded,
     CallFailed,
@@ -122,13 +128,15 @@ class CallHandler:
     async def incoming(self, params: MultiDict[str]) -> tuple[str, str]:
         """The TwiML answer and the outcome label for metrics."""
         call_sid = required(params, "CallSid")
+        to_number = required(params, "To")
         record = self.book.get(call_sid)
         if record is not None:
-            # The same webhook again (Twilio retry, a duplicate): the same answer, no new work.
+            # The same webhook again (Twilio retry, a duplicate, or a call another replica
+            # bridged): the same answer, no new work.
             return await asyncio.shield(record.answer), "duplicate"
         record = self.book.open(call_sid)
         try:
-            answer, outcome = await self._answer(record, params)
+            answer, outcome = await self._answer(record, to_number, params)
         except BaseException as exc:
             # Never leave a waiting duplicate hanging; it gets the apology too.
             record.answer.set_result(self._apology)
@@ -139,13 +147,14 @@ class CallHandler:
                 return self._apology, "error"
             raise
         record.answer.set_result(answer)
-        if not record.bridged:
+        if record.started is None:
             self.book.settle(record)
         return answer, outcome
 
-    async def _answer(self, record: CallRecord, params: MultiDict[str]) -> tuple[str, str]:
+    async def _answer(
+        self, record: CallRecord, to_number: str, params: MultiDict[str]
+    ) -> tuple[str, str]:
         call_sid = record.call_sid
-        to_number = required(params, "To")
         from_number = params.get("From", "")
         started = time.perf_counter()
         route = self._mirror.route(to_number)
@@ -176,34 +185,31 @@ class CallHandler:
             return self._livekit_failed(record, context, exc)
         created = time.perf_counter()
         self._metrics.rooms_created.inc()
+        if record.ended:
+            # Twilio's final status came while the room was being made: nobody is on the line.
+            # No `started` (the call never reached an agent); the room and its dispatch go.
+            self._spawn(self._delete_room(context.room, call_sid))
+            log.info("call ended before it was bridged", call_sid=call_sid)
+            return twiml.hang_up(), "ended"
         self._metrics.active_calls.set(self.book.active_total)
-        record.bridged = True
-        answer = twiml.bridge(
+        record.started = CallStarted(
+            event_id=event_id(call_sid, "started"),
             call_sid=call_sid,
-            sip_host=self._settings.livekit_sip_host,
-            sip_username=self._settings.sip_username,
-            sip_password=self._settings.sip_password,
-            action_url=self._action_url,
-            time_limit_seconds=self._settings.max_call_seconds,
+            org_id=context.org_id,
+            agent_id=context.agent_id,
+            at=context.started_at,
+            room=context.room,
+            from_number=from_number,
+            to_number=to_number,
         )
+        answer = self._bridge(call_sid)
         done = time.perf_counter()
         stages = self._metrics.stage_seconds
         stages.labels("lookup").observe(looked_up - started)
         stages.labels("grant").observe(signed - looked_up)
         stages.labels("livekit").observe(created - signed)
         stages.labels("twiml").observe(done - created)
-        self._events.publish(
-            CallStarted(
-                event_id=event_id(call_sid, "started"),
-                call_sid=call_sid,
-                org_id=context.org_id,
-                agent_id=context.agent_id,
-                at=context.started_at,
-                room=context.room,
-                from_number=from_number,
-                to_number=to_number,
-            )
-        )
+        self._events.publish(record.started)
         log.info(
             "call bridged",
             call_sid=call_sid,
@@ -212,6 +218,17 @@ class CallHandler:
             livekit_ms=round((created - signed) * 1000, 2),
         )
         return answer, "bridged"
+
+    def _bridge(self, call_sid: str) -> str:
+        """A pure function of the CallSid and the settings: every replica answers alike."""
+        return twiml.bridge(
+            call_sid=call_sid,
+            sip_host=self._settings.livekit_sip_host,
+            sip_username=self._settings.sip_username,
+            sip_password=self._settings.sip_password,
+            action_url=self._action_url,
+            time_limit_seconds=self._settings.max_call_seconds,
+        )
 
     def _reject(
         self, call_sid: str, reason: twiml.RejectionReason, **fields: str
@@ -259,62 +276,84 @@ class CallHandler:
         if final is None and status not in _LIVE_STATUSES:
             log.warning("unknown call status ignored", call_sid=call_sid, status=status)
             return twiml.hang_up() if dial_action else ""
-        owner = self._owner(record, params)
+        # Who bridged the call, this replica or (learned from its `started`) another; None for a
+        # call turned away, or one whose `started` this replica has not (yet) received.
+        started = record.started if record is not None else None
         if final is not None:
             already_ended = record is not None and record.ended
             record = self.book.record_end(call_sid)
             self._metrics.active_calls.set(self.book.active_total)
             if not already_ended:
                 self._spawn(self._delete_room(room_name(call_sid), call_sid))
-            if owner is not None:
-                org_id, agent_id = owner
-                self._events.publish(
-                    CallEnded(
-                        event_id=event_id(call_sid, "ended"),
-                        call_sid=call_sid,
-                        org_id=org_id,
-                        agent_id=agent_id,
-                        at=twilio_time(params),
-                        status=final,
-                        reason=f"twilio_{'dial_' if dial_action else ''}{status}",
-                        duration_seconds=duration(
-                            params, "DialCallDuration" if dial_action else "CallDuration"
-                        ),
-                    )
-                )
+            ended = CallEnded(
+                event_id=event_id(call_sid, "ended"),
+                call_sid=call_sid,
+                org_id=started.org_id if started is not None else "",
+                agent_id=started.agent_id if started is not None else "",
+                at=twilio_time(params),
+                status=final,
+                reason=f"twilio_{'dial_' if dial_action else ''}{status}",
+                duration_seconds=duration(
+                    params, "DialCallDuration" if dial_action else "CallDuration"
+                ),
+            )
+            if started is not None:
+                self._events.publish(ended)
+            elif record.unowned_end is None:
+                # Turned away (nothing to publish), or bridged by a replica whose `started` is
+                # still on its way: `_follow_started` publishes this end if it comes.
+                record.unowned_end = ended
             log.info("call ended", call_sid=call_sid, status=status, dial_action=dial_action)
-        elif owner is not None and not (record is not None and record.ended):
+        elif started is not None and not (record is not None and record.ended):
             # A late "in-progress" after the end must not revive the call; otherwise this is the
             # same `started` event the incoming webhook published (deduplicated by id).
-            org_id, agent_id = owner
-            self._events.publish(
-                CallStarted(
-                    event_id=event_id(call_sid, "started"),
-                    call_sid=call_sid,
-                    org_id=org_id,
-                    agent_id=agent_id,
-                    at=record.context.started_at
-                    if record is not None and record.context is not None
-                    else twilio_time(params),
-                    room=room_name(call_sid),
-                    from_number=params.get("From", ""),
-                    to_number=params.get("To", ""),
-                )
-            )
+            self._events.publish(started)
         return twiml.hang_up() if dial_action else ""
 
-    def _owner(self, record: CallRecord | None, params: MultiDict[str]) -> tuple[str, str] | None:
-        """The call's org and agent: from this gateway's record, else from the mirror (another
-        replica answered it). None for calls that were never bridged to an agent."""
-        if record is not None:
-            if record.context is None or not record.bridged:
-                return None
-            return record.context.org_id, record.context.agent_id
-        route = self._mirror.route(params.get("To", ""))
-        if route is None:
-            return None
-        number, agent = route
-        return number.org_id, agent.agent_id
+    # -- every replica's and worker's call events (core NATS) ------------------------------
+
+    def follow(self, event: AnyCallEvent) -> None:
+        """A `calls.v1.started`, `ended` or `failed` from any replica or worker, this one's own
+        included; safe to receive twice and in any order."""
+        if isinstance(event, CallStarted):
+            self._follow_started(event)
+        elif isinstance(event, CallEnded | CallFailed):
+            self._follow_end(event)
+
+    def _follow_started(self, event: CallStarted) -> None:
+        record = self.book.get(event.call_sid)
+        if record is None:
+            # Another replica bridged it: a repeated incoming webhook here gets the same answer.
+            record = self.book.open(event.call_sid)
+            record.answer.set_result(self._bridge(event.call_sid))
+        if record.started is not None:
+            return
+        record.started = event
+        end = record.unowned_end
+        if end is not None:
+            # Twilio's final status came here first; the call was bridged after all (its room
+            # may have been made after our delete): end it now.
+            record.unowned_end = None
+            self._events.publish(
+                msgspec.structs.replace(end, org_id=event.org_id, agent_id=event.agent_id)
+            )
+            self._spawn(self._delete_room(event.room, event.call_sid))
+            log.info("call ended before its start was known", call_sid=event.call_sid)
+
+    def _follow_end(self, event: CallEnded | CallFailed) -> None:
+        record = self.book.get(event.call_sid)
+        if record is None:
+            return
+        if event.source == "gateway":
+            # Twilio's final status, or the gateway's failing of the call, reached a replica: the
+            # call is over, as if it had come here. (A worker's end frees the agent's slot only;
+            # the caller may still be on the line, which agent-loss handling looks after.)
+            record.ended = True
+            self.book.settle(record)
+        if record.counted_for is not None:
+            self.book.release(record)
+            self._metrics.active_calls.set(self.book.active_total)
+            log.info("call slot freed", call_sid=event.call_sid, event_id=event.event_id)
 
     async def _delete_room(self, room: str, call_sid: str) -> None:
         try:
