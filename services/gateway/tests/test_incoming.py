@@ -89,6 +89,22 @@ async def test_the_same_call_sid_twice_makes_one_room_one_dispatch_and_the_same_
     await livekit.aclose()
 
 
+async def test_an_incoming_webhook_after_the_calls_end_hangs_up_and_makes_no_room(
+    gateway: RunningGateway, numbers: Numbers, livekit: api.LiveKitAPI
+) -> None:
+    number, _ = await gateway.bind(numbers)
+    call_sid = new_call_sid()
+
+    # Twilio's final status reached this replica before the incoming webhook did.
+    assert (await gateway.twilio.status(call_sid, "canceled")).status_code == 200
+    late = await gateway.twilio.incoming(call_sid, "+14155550100", number)
+
+    assert late.hangs_up and late.sip_uri is None
+    rooms = await livekit.room.list_rooms(api.ListRoomsRequest(names=[f"call_{call_sid}"]))
+    assert rooms.rooms == []
+    await livekit.aclose()
+
+
 @pytest.mark.parametrize("reason", ["unknown_number", "inactive_agent", "at_capacity"])
 async def test_calls_that_cannot_be_taken_get_a_polite_hang_up(
     gateway: RunningGateway, numbers: Numbers, livekit: api.LiveKitAPI, reason: str

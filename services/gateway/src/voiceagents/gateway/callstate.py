@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from voiceagents.contracts.calls import CallContext, CallEnded, CallStarted
+from voiceagents.gateway import twiml
 
 
 @dataclass
@@ -64,7 +65,8 @@ class CallBook:
         record = self._calls.get(call_sid)
         if record is None:
             record = self.open(call_sid)
-            record.answer.set_result("")
+            # An incoming webhook for this call after its end (delivered late) hangs up.
+            record.answer.set_result(twiml.hang_up())
         record.ended = True
         self.release(record)
         self.settle(record)
