@@ -49,6 +49,8 @@ KEY_ID = "gateway-test-1"
 SIGNING_KEY = Ed25519PrivateKey.generate()
 MASTER_KEY = secrets.token_bytes(32)
 PUBLIC_BASE_URL = "http://127.0.0.1:8090"
+# The admin UI's origin, where the OAuth callback may send the browser back.
+ADMIN_ORIGIN = "https://admin.example.com"
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
@@ -201,6 +203,26 @@ async def audit_events(nats_ops: NatsClient, org_id: str, count: int) -> list[An
     return found
 
 
+async def until_revoked(vault: ToolVault, call_sid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wait (at most 15 s) until tool-vault has applied this call's end."""
+    revocations = vault.revocations
+    applied = asyncio.Event()
+    original = revocations.revoke
+
+    def revoke(sid: str, ended_at: float) -> None:
+        original(sid, ended_at)
+        applied.set()
+
+    monkeypatch.setattr(revocations, "revoke", revoke)
+
+    async def wait() -> None:
+        while not revocations.is_revoked(call_sid):
+            applied.clear()
+            await applied.wait()
+
+    await asyncio.wait_for(wait(), timeout=15)
+
+
 def binding(auth_type: str = "api_key", tool_name: str = "crm") -> ToolBinding:
     return ToolBinding(
         agent_tool_id=f"at-{uuid.uuid4().hex[:10]}",
@@ -241,6 +263,7 @@ async def toolvault(
         nats_server,
         embedded_dsn,
         oauth_providers={"google": oauth_provider.provider_config()},
+        return_url_origins=[ADMIN_ORIGIN],
     )
     vault = await start_toolvault(settings)
     yield vault

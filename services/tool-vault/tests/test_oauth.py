@@ -25,9 +25,18 @@ from voiceagents.contracts.toolvault import (
     OAuthStartRequest,
 )
 from voiceagents.toolvault.app import ROUTES, ToolVault
-from voiceagents.toolvault.store import ToolSecret, tool_path
+from voiceagents.toolvault.oauth import OAuthFlows, load_providers
+from voiceagents.toolvault.store import StoreError, ToolSecret, Versioned, tool_path
 
-from .conftest import PUBLIC_BASE_URL, Agents, Worker, audit_events, binding, sign_grant
+from .conftest import (
+    ADMIN_ORIGIN,
+    PUBLIC_BASE_URL,
+    Agents,
+    Worker,
+    audit_events,
+    binding,
+    sign_grant,
+)
 from .oauth_standin import OAuthProviderStandIn
 
 pytestmark = pytest.mark.integration
@@ -118,7 +127,7 @@ async def test_connecting_stores_tokens_announces_it_and_the_next_call_gets_the_
     toolvault: ToolVault,
 ) -> None:
     agent, calendar = await connected_agent(agents)
-    reply = await start(registry, agent, calendar, return_url="https://admin.example.com/tools")
+    reply = await start(registry, agent, calendar, return_url=f"{ADMIN_ORIGIN}/tools")
     assert reply.authorization_url is not None
     code, state = oauth_provider.consent(reply.authorization_url)
 
@@ -149,26 +158,158 @@ async def test_connecting_stores_tokens_announces_it_and_the_next_call_gets_the_
     assert oauth_provider.refresh_calls == 0
 
 
-async def test_a_reused_state_is_refused_and_nothing_changes(
+async def test_a_reused_state_is_refused_as_reused_and_nothing_changes(
     agents: Agents,
     registry: NatsClient,
     oauth_provider: OAuthProviderStandIn,
     http: httpx.AsyncClient,
     toolvault: ToolVault,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     agent, calendar = await connected_agent(agents)
     reply = await start(registry, agent, calendar)
     assert reply.authorization_url is not None
     code, state = oauth_provider.consent(reply.authorization_url)
+
+    async def delete_fails(path: str) -> None:
+        raise StoreError("PostgreSQL delete failed")
+
+    # Deleting a used state is best effort: here it fails, so the used state is still stored
+    # and only its single-use mark stands between the replay and a second connect.
+    monkeypatch.setattr(toolvault.store, "delete", delete_fails)
     assert (await http.get(CALLBACK, params={"code": code, "state": state})).status_code == 200
     first = await toolvault.store.read(tool_path(agent.org_id, calendar.agent_tool_id))
+    issued = len(oauth_provider.issued_access_tokens)
 
     again = await http.get(CALLBACK, params={"code": code, "state": state})
 
     assert again.status_code == 400
     assert again.headers["content-type"].startswith("application/problem+json")
-    assert again.json()["field"] == "state"
+    assert (again.json()["title"], again.json()["field"]) == ("reused_state", "state")
+    assert len(oauth_provider.issued_access_tokens) == issued
     assert await toolvault.store.read(tool_path(agent.org_id, calendar.agent_tool_id)) == first
+
+
+async def test_of_two_concurrent_callbacks_with_one_state_exactly_one_connects(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar)
+    assert reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+    issued = len(oauth_provider.issued_access_tokens)
+    # Both callbacks read the unused state before either marks it used (as two replicas can).
+    both_read = asyncio.Barrier(2)
+    read = toolvault.store.read
+
+    async def read_together(path: str, *, cached: bool = False) -> Versioned | None:
+        found = await read(path, cached=cached)
+        if path.startswith("oauth-states/"):
+            await both_read.wait()
+        return found
+
+    monkeypatch.setattr(toolvault.store, "read", read_together)
+
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            http.get(CALLBACK, params={"code": code, "state": state}),
+            http.get(CALLBACK, params={"code": code, "state": state}),
+        ),
+        timeout=15,
+    )
+
+    assert sorted(a.status_code for a in answers) == [200, 400]
+    [refused] = [a for a in answers if a.status_code == 400]
+    assert refused.json()["title"] == "reused_state"
+    assert len(oauth_provider.issued_access_tokens) == issued + 1
+    assert (await stored(toolvault, agent, calendar)) is not None
+
+
+@pytest.mark.parametrize(
+    "return_url",
+    [
+        "https://evil.example.net/tools",
+        "//evil.example.net/tools",
+        "/\\evil.example.net/tools",
+        "/\t/evil.example.net/tools",
+        "https://admin.example.com@evil.example.net/tools",
+        "https://admin.example.com.evil.example.net/tools",
+        "http://admin.example.com/tools",
+        "https://admin.example.com:8443/tools",
+        "http://127.0.0.1:8091/tools",
+        "javascript:alert(1)",
+        "tools",
+    ],
+)
+async def test_a_return_url_off_the_allowed_origins_is_refused_by_name(
+    agents: Agents, registry: NatsClient, return_url: str
+) -> None:
+    agent, calendar = await connected_agent(agents)
+
+    reply = await start(registry, agent, calendar, return_url=return_url)
+
+    assert reply.authorization_url is None
+    assert reply.error is not None and reply.error.startswith("return_url:")
+
+
+@pytest.mark.parametrize(
+    ("return_url", "location"),
+    [
+        ("/tools?tab=calendar", "/tools?tab=calendar&"),
+        (f"{PUBLIC_BASE_URL}/done", f"{PUBLIC_BASE_URL}/done?"),
+        (f"{ADMIN_ORIGIN}:443/tools", f"{ADMIN_ORIGIN}:443/tools?"),
+    ],
+)
+async def test_a_path_or_a_url_on_an_allowed_origin_is_where_the_callback_returns(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    return_url: str,
+    location: str,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar, return_url=return_url)
+    assert reply.error is None and reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+
+    answer = await http.get(CALLBACK, params={"code": code, "state": state})
+
+    assert answer.status_code in (302, 303, 307)
+    assert answer.headers["location"] == (
+        f"{location}agent_tool_id={calendar.agent_tool_id}&connected=true"
+    )
+
+
+async def test_the_callback_does_not_send_the_browser_to_an_origin_no_longer_allowed(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent, calendar = await connected_agent(agents)
+    reply = await start(registry, agent, calendar, return_url=f"{ADMIN_ORIGIN}/tools")
+    assert reply.authorization_url is not None
+    code, state = oauth_provider.consent(reply.authorization_url)
+    # The admin took the origin off the list (a restart) while this authorization was pending.
+    monkeypatch.setattr(toolvault.oauth, "_return_origins", frozenset())
+
+    answer = await http.get(CALLBACK, params={"code": code, "state": state})
+
+    assert "location" not in answer.headers
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "connected": True,
+        "agent_tool_id": calendar.agent_tool_id,
+        "tool": calendar.tool_name,
+    }
 
 
 async def test_an_unknown_state_is_refused_and_nothing_is_stored(
@@ -331,3 +472,126 @@ async def test_a_failed_refresh_says_refresh_failed_and_emits_an_event(
     ]
     released = [e for e in events if isinstance(e, CredentialsReleased)]
     assert released and released[0].error_code == "refresh_failed"
+
+
+async def test_a_store_outage_while_storing_a_refresh_keeps_the_rotated_refresh_token(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The provider rotates refresh tokens: once it has answered, the stored one is spent.
+    oauth_provider.access_token_seconds = 60
+    agent, calendar = await connect(agents, registry, oauth_provider, http)
+    path = tool_path(agent.org_id, calendar.agent_tool_id)
+    before = await toolvault.store.read(path)
+    assert before is not None
+    oauth_provider.access_token_seconds = 3600
+    write = toolvault.store.write
+    failed: list[str] = []
+
+    async def write_failing_once(path: str, value: bytes, *, cas: int) -> int:
+        if not failed:
+            failed.append(path)
+            raise StoreError("PostgreSQL write failed: ConnectionDoesNotExistError")
+        return await write(path, value, cas=cas)
+
+    monkeypatch.setattr(toolvault.store, "write", write_failing_once)
+
+    reply = await worker.request(
+        sign_grant(org_id=agent.org_id, agent_id=agent.agent_id), [calendar.agent_tool_id]
+    )
+
+    assert failed == [path]
+    assert reply.tool_errors == []
+    [credentials] = worker.open(reply).credentials
+    assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
+    assert oauth_provider.refresh_calls == 1
+    after = await stored(toolvault, agent, calendar)
+    assert after is not None
+    assert after.refresh_token == oauth_provider.issued_refresh_tokens[-1]
+    assert after.access_token == oauth_provider.issued_access_tokens[-1]
+
+
+async def test_a_refresh_write_that_landed_despite_an_error_is_not_written_again(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    oauth_provider.access_token_seconds = 60
+    agent, calendar = await connect(agents, registry, oauth_provider, http)
+    path = tool_path(agent.org_id, calendar.agent_tool_id)
+    before = await toolvault.store.read(path)
+    assert before is not None
+    oauth_provider.access_token_seconds = 3600
+    write = toolvault.store.write
+    writes: list[int] = []
+
+    async def write_then_lose_the_answer(path: str, value: bytes, *, cas: int) -> int:
+        writes.append(cas)
+        version = await write(path, value, cas=cas)
+        if len(writes) == 1:
+            raise StoreError("PostgreSQL connection lost after COMMIT")
+        return version
+
+    monkeypatch.setattr(toolvault.store, "write", write_then_lose_the_answer)
+
+    reply = await worker.request(
+        sign_grant(org_id=agent.org_id, agent_id=agent.agent_id), [calendar.agent_tool_id]
+    )
+
+    assert writes == [before.version]
+    [credentials] = worker.open(reply).credentials
+    assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
+    after = await toolvault.store.read(path)
+    assert after is not None and after.version == before.version + 1
+    assert decode(after.value, ToolSecret).refresh_token == oauth_provider.issued_refresh_tokens[-1]
+
+
+async def test_invalid_grant_after_another_replica_refreshed_takes_its_tokens(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    oauth_provider.access_token_seconds = 60
+    agent, calendar = await connect(agents, registry, oauth_provider, http)
+    path = tool_path(agent.org_id, calendar.agent_tool_id)
+    stale = await toolvault.store.read(path)
+    assert stale is not None
+    oauth_provider.access_token_seconds = 3600
+    # Another replica, on the same store, refreshes between this replica's read and its call to
+    # the provider: the refresh token this replica then sends is already spent.
+    other = OAuthFlows(
+        toolvault.store._backend,
+        load_providers({"google": oauth_provider.provider_config()}),
+        PUBLIC_BASE_URL + CALLBACK,
+    )
+    read = toolvault.store.read
+
+    async def read_then_other_replica_refreshes(path: str, *, cached: bool = False) -> Versioned:
+        found = await read(path, cached=cached)
+        assert found is not None
+        monkeypatch.setattr(toolvault.store, "read", read)
+        await other.fresh(path, found, decode(found.value, ToolSecret))
+        return found
+
+    monkeypatch.setattr(toolvault.store, "read", read_then_other_replica_refreshes)
+    failures: list[str] = []
+    monkeypatch.setattr(toolvault.oauth, "on_refresh_failed", lambda _s, r: failures.append(r))
+
+    secret = await toolvault.oauth.fresh(path, stale, decode(stale.value, ToolSecret))
+
+    assert oauth_provider.refresh_calls == 2  # the other replica's, then this one's (refused)
+    assert failures == []
+    assert secret.access_token == oauth_provider.issued_access_tokens[-1]
+    assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1]

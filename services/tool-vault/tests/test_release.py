@@ -24,7 +24,7 @@ from voiceagents.contracts.calls import (
 from voiceagents.contracts.codec import decode, encode
 from voiceagents.toolvault.app import ToolVault
 
-from .conftest import Agents, Worker, binding, put_secrets, sign_grant
+from .conftest import Agents, Worker, binding, put_secrets, sign_grant, until_revoked
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +176,7 @@ async def test_after_the_call_ends_its_grant_is_refused_as_call_ended(
     nats_ops: NatsClient,
     toolvault: ToolVault,
     how: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     crm = binding("api_key")
     agent = await agents.create(tools=[crm])
@@ -198,9 +199,7 @@ async def test_after_the_call_ends_its_grant_is_refused_as_call_ended(
     else:
         await js.publish(CALL_FAILED_SUBJECT, encode(CallFailed(reason="sip leg lost", **common)))
     revoked = toolvault.metrics.revocations
-    while not toolvault.release._revocations.is_revoked(call_sid):
-        await toolvault.call_ends.caught_up.wait()
-        toolvault.call_ends.caught_up.clear()
+    await until_revoked(toolvault, call_sid, monkeypatch)
     assert revoked._value.get() >= 1
 
     reply = await worker.request(grant, [crm.agent_tool_id])

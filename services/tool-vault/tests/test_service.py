@@ -52,7 +52,13 @@ async def test_the_app_starts_from_settings_and_reports_ready(
 
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "nats": True, "mirror": True, "store": True}
+    assert ready.json() == {
+        "ready": True,
+        "nats": True,
+        "mirror": True,
+        "store": True,
+        "call_ends": True,
+    }
     assert "toolvault_release_seconds" in metrics.text
 
 

@@ -76,6 +76,12 @@ def test_google_needs_only_a_client_id_and_secret() -> None:
             "client_secret",
         ),
         ({"VA_TOOLVAULT_OAUTH_PROVIDERS": json.dumps({"acme": {"client_id": "x"}})}, "acme"),
+        (
+            {"VA_TOOLVAULT_RETURN_URL_ORIGINS": json.dumps(["https://voice.example.com/admin"])},
+            "RETURN_URL_ORIGINS",
+        ),
+        ({"VA_TOOLVAULT_RETURN_URL_ORIGINS": json.dumps(["voice.example.com"])}, "RETURN_URL"),
+        ({"VA_TOOLVAULT_RETURN_URL_ORIGINS": "https://voice.example.com"}, "RETURN_URL_ORIGINS"),
     ],
 )
 def test_a_bad_setting_is_refused_by_name(overrides: dict[str, str], named: str) -> None:
@@ -94,3 +100,11 @@ def test_settings_never_print_their_keys() -> None:
     settings = Settings.from_env(env())
     assert KEY not in repr(settings)
     assert "a-long-random-nats-password" not in repr(settings)
+
+
+def test_return_url_origins_are_a_json_list_of_origins() -> None:
+    origins = json.dumps(["https://voice.example.com", "http://localhost:5173/"])
+
+    settings = Settings.from_env(env(VA_TOOLVAULT_RETURN_URL_ORIGINS=origins))
+
+    assert settings.return_origins() == {"https://voice.example.com", "http://localhost:5173"}

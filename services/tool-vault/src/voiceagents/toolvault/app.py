@@ -76,6 +76,7 @@ class ToolVault:
     oauth: OAuthFlows
     release: ReleaseService
     connect: ConnectService
+    revocations: Revocations
     call_ends: CallEndFollower
     subscriptions: list[Subscription] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -111,6 +112,7 @@ async def start_toolvault(settings: Settings) -> ToolVault:
     store = ReleaseReadCache(make_store(settings), settings.release_cache_seconds)
     await store.start()
     nc: NatsClient | None = None
+    vault: ToolVault | None = None
     try:
         nc = await bus.connect(
             settings.nats_url,
@@ -126,7 +128,12 @@ async def start_toolvault(settings: Settings) -> ToolVault:
         mirror = ConfigMirror()
         await mirror.start(js)
         audit = AuditPublisher(js, metrics)
-        oauth = OAuthFlows(store, settings.providers(), settings.redirect_uri)
+        oauth = OAuthFlows(
+            store,
+            settings.providers(),
+            settings.redirect_uri,
+            return_origins=settings.return_origins(),
+        )
         revocations = Revocations(settings.max_call_seconds + 300)
         vault = ToolVault(
             settings=settings,
@@ -146,6 +153,7 @@ async def start_toolvault(settings: Settings) -> ToolVault:
                 metrics=metrics,
             ),
             connect=ConnectService(store, oauth, audit),
+            revocations=revocations,
             call_ends=CallEndFollower(
                 js,
                 revocations,
@@ -155,6 +163,8 @@ async def start_toolvault(settings: Settings) -> ToolVault:
             ),
         )
         _audit_refreshes(vault)
+        # Returns once the ends of the last grant lifetime are applied: no release is answered
+        # before then (revocations are in memory, so a restart starts from nothing).
         await vault.call_ends.start()
         for subject, handle in (
             (RELEASE_SUBJECT, vault.release.handle),
@@ -166,6 +176,8 @@ async def start_toolvault(settings: Settings) -> ToolVault:
             )
         await nc.flush()
     except BaseException:
+        if vault is not None:
+            await vault.call_ends.stop()
         if nc is not None:
             await nc.close()
         await store.close()
@@ -253,6 +265,11 @@ async def oauth_callback(
         vault.metrics.callbacks.labels(exc.reason).inc()
         log.warning("oauth callback refused", reason=exc.reason)
         return _problem(400, exc.reason, exc.detail, "state")
+    return_url = pending.return_url
+    if return_url and not vault.oauth.return_url_allowed(return_url):
+        # Checked at start too; re-checked in case the allowed origins changed since.
+        log.warning("oauth return_url refused", agent_tool_id=pending.agent_tool_id)
+        return_url = None
     try:
         if params.get("error"):
             raise OAuthFailure("authorization_denied", "the authorization was not granted")
@@ -264,11 +281,9 @@ async def oauth_callback(
         vault.metrics.callbacks.labels(exc.reason).inc()
         log.warning("oauth callback failed", reason=exc.reason, agent_tool_id=pending.agent_tool_id)
         await vault.oauth.forget(state)
-        if pending.return_url:
+        if return_url:
             return Redirect(
-                _with_query(
-                    pending.return_url, agent_tool_id=pending.agent_tool_id, error=exc.reason
-                )
+                _with_query(return_url, agent_tool_id=pending.agent_tool_id, error=exc.reason)
             )
         return _problem(400, exc.reason, exc.detail)
     await vault.oauth.forget(state)
@@ -291,9 +306,9 @@ async def oauth_callback(
         provider=pending.provider,
         version=connected.version,
     )
-    if pending.return_url:
+    if return_url:
         return Redirect(
-            _with_query(pending.return_url, agent_tool_id=pending.agent_tool_id, connected="true")
+            _with_query(return_url, agent_tool_id=pending.agent_tool_id, connected="true")
         )
     body = {"connected": True, "agent_tool_id": pending.agent_tool_id, "tool": pending.tool_name}
     return Response(msgspec.json.encode(body), media_type="application/json")
@@ -311,6 +326,7 @@ async def readyz(request: Request[object, object, State]) -> Response[dict[str, 
         "nats": vault is not None and vault.nats.is_connected,
         "mirror": vault is not None and vault.mirror.ready.is_set(),
         "store": vault is not None and await vault.store.ready(),
+        "call_ends": vault is not None and vault.revocations.current.is_set(),
     }
     ready = all(checks.values())
     return Response({"ready": ready, **checks}, status_code=200 if ready else 503)

@@ -10,8 +10,10 @@ needs only a client id and secret; another provider is one more entry in
 - callback: the state is claimed with a check-and-set write (so it is used at most once, even
   across replicas), then the code is exchanged with the stored verifier and the tokens stored.
 - refresh: when an access token expires within 5 minutes; one refresh per agent tool at a time
-  (concurrent releases wait for it); written with check-and-set; a rotated refresh token
-  replaces the old one in the same write.
+  (concurrent releases wait for it); written with check-and-set, retried while the store fails
+  (the provider may have rotated, and so spent, the stored refresh token); a rotated refresh
+  token replaces the old one in the same write. `invalid_grant` after another replica's refresh
+  takes that replica's tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -45,7 +48,10 @@ from voiceagents.toolvault.store import (
 log = structlog.get_logger("voiceagents.toolvault.oauth")
 
 STATE_LIFETIME = timedelta(minutes=10)
+MAX_RETURN_URL = 2048
 REFRESH_MARGIN = timedelta(minutes=5)
+# Pauses between attempts to store a refresh's tokens while the store fails (about 15 s in all).
+STORE_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 GOOGLE: dict[str, Any] = {
     "authorize_url": "https://accounts.google.com/o/oauth2/v2/auth",
@@ -100,6 +106,21 @@ class Connected(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
+def url_origin(url: str) -> str | None:
+    """`scheme://host[:port]` of an absolute http(s) URL (lowercase, default port dropped), or
+    None if `url` is not one (or carries a user name, which browsers and parsers read apart)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
 def state_digest(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
@@ -114,11 +135,16 @@ class OAuthFlows:
         providers: dict[str, OAuthProvider],
         redirect_uri: str,
         *,
+        return_origins: frozenset[str] = frozenset(),
         clock: Clock = time.time,
     ) -> None:
         self._store = store
         self._providers = providers
         self._redirect_uri = redirect_uri
+        # Where the callback may send the admin's browser: these origins, and paths on
+        # tool-vault's own (the redirect URI's) origin.
+        origin = url_origin(redirect_uri)
+        self._return_origins = return_origins | ({origin} if origin else set())
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[tuple[ToolSecret, int]]] = {}
         self.on_refreshed: Callable[[ToolSecret], None] = lambda _secret: None
@@ -150,6 +176,11 @@ class OAuthFlows:
         tool_path(request.org_id, request.agent_tool_id)  # validates the ids
         if not request.agent_id:
             raise ValueError("agent_id: must be set")
+        if request.return_url and not self.return_url_allowed(request.return_url):
+            raise ValueError(
+                "return_url: must be a path, or a URL on tool-vault's origin or one of "
+                "VA_TOOLVAULT_RETURN_URL_ORIGINS"
+            )
         scopes = list(dict.fromkeys([*request.scopes, *provider.extra_scopes]))
         state = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)  # 86 characters, within RFC 7636's 43..128
@@ -174,6 +205,16 @@ class OAuthFlows:
                 **provider.authorize_params,
             )
         return str(url)
+
+    def return_url_allowed(self, url: str) -> bool:
+        """Not an open redirect: a path on tool-vault's origin, or a URL on an allowed origin."""
+        # Browsers drop tabs and newlines and read a backslash as "/": "/\evil.example" is
+        # another site.
+        if not url or len(url) > MAX_RETURN_URL or any(c <= " " or c in "\\\x7f" for c in url):
+            return False
+        if url.startswith("/"):
+            return not url.startswith("//")
+        return url_origin(url) in self._return_origins
 
     # -- callback ----------------------------------------------------------------------------
 
@@ -288,7 +329,16 @@ class OAuthFlows:
                     provider.token_url, refresh_token=secret.refresh_token
                 )
         except OAuthError as exc:
-            return self._failed(secret, _error_code(exc))
+            reason = _error_code(exc)
+            if reason == "invalid_grant":
+                # Another replica may have refreshed since the read above, rotating (and so
+                # spending) the refresh token sent here: its tokens are good.
+                latest = await self._store.read(path)
+                if latest is not None and latest.version != version:
+                    current = decode(latest.value, ToolSecret)
+                    if not self.needs_refresh(current):
+                        return current, latest.version
+            return self._failed(secret, reason)
         except (httpx.HTTPError, ValueError) as exc:
             return self._failed(secret, f"provider_unreachable:{type(exc).__name__}")
         if not token.get("access_token"):
@@ -302,16 +352,45 @@ class OAuthFlows:
             expires_at=_expires_at(token, self._clock),
             updated_at=self._now(),
         )
-        try:
-            new_version = await self._store.write(path, encode(refreshed), cas=version)
-        except VersionConflict:
-            # Someone else wrote first (a reconnect or another replica's refresh): theirs wins.
-            again = await self._store.read(path)
-            if again is None:
-                return self._failed(secret, "deleted")
-            return decode(again.value, ToolSecret), again.version
-        self.on_refreshed(refreshed)
-        return refreshed, new_version
+        return await self._keep(path, version, refreshed)
+
+    async def _keep(self, path: str, version: int, refreshed: ToolSecret) -> tuple[ToolSecret, int]:
+        """Store a refresh's tokens over `version`. The provider may have rotated the refresh
+        token, spending the stored one: losing these would disconnect the tool until an admin
+        reconnects it, so a store outage is retried (re-read, then check-and-set again)."""
+        failure: StoreError | None = None
+        for pause in (0.0, *STORE_RETRY_SECONDS):
+            if failure is not None:
+                await asyncio.sleep(pause)
+                try:
+                    current = await self._store.read(path)
+                except StoreError as exc:
+                    failure = exc
+                    continue
+                if current is None:
+                    return self._failed(refreshed, "deleted")
+                if current.version != version:
+                    # The write that failed landed after all, or someone else wrote first.
+                    theirs = decode(current.value, ToolSecret)
+                    if theirs == refreshed:
+                        self.on_refreshed(refreshed)
+                    return theirs, current.version
+            try:
+                new_version = await self._store.write(path, encode(refreshed), cas=version)
+            except VersionConflict:
+                # Someone else wrote first (a reconnect or another replica's refresh): theirs wins.
+                again = await self._store.read(path)
+                if again is None:
+                    return self._failed(refreshed, "deleted")
+                return decode(again.value, ToolSecret), again.version
+            except StoreError as exc:
+                failure = exc
+                log.warning("could not store refreshed tokens; retrying", error=str(exc))
+                continue
+            self.on_refreshed(refreshed)
+            return refreshed, new_version
+        log.error("refreshed tokens lost: the store kept failing", error=str(failure))
+        raise StoreError("could not store the refreshed tokens") from failure
 
     def _failed(self, secret: ToolSecret, reason: str) -> tuple[ToolSecret, int]:
         self.on_refresh_failed(secret, reason)

@@ -2,7 +2,8 @@
 sealed to the worker's ephemeral X25519 key (libsodium sealed box).
 
 Checks, in order: the request parses; the grant's signature (key by `kid`), audience, issuer and
-expiry; the call has not ended; the grant's agent exists in the KV mirror, is active and belongs
+expiry; the call has not ended (a release waits while tool-vault is still catching up on call
+ends, see call_ends.py); the grant's agent exists in the KV mirror, is active and belongs
 to the grant's org. Then per tool: bound to that agent, connected, refreshed if it expires within
 5 minutes. A tool that fails gets its own typed error; the others are still released.
 """
@@ -41,6 +42,9 @@ from voiceagents.toolvault.store import ReleaseReadCache, StoreError, ToolSecret
 log = structlog.get_logger("voiceagents.toolvault.release")
 
 MAX_TOOLS = 64
+# While the call-end follower catches up after a failure, a release waits this long for it (the
+# worker gives up after 2 s), then is refused as `unavailable` rather than risk an ended call.
+CATCH_UP_WAIT_SECONDS = 1.0
 
 
 class ReleaseService:
@@ -80,6 +84,8 @@ class ReleaseService:
             if not request.agent_tool_ids or len(request.agent_tool_ids) > MAX_TOOLS:
                 raise _Refusal("bad_request", f"agent_tool_ids: give 1 to {MAX_TOOLS} ids")
             claims = self._grants.verify(request.grant)
+            if not await self._revocations.wait_current(CATCH_UP_WAIT_SECONDS):
+                raise _Refusal("unavailable", "tool-vault is catching up on ended calls; try again")
             if self._revocations.is_revoked(claims.call_sid):
                 raise _Refusal("call_ended", "the call has ended")
             bindings = self._bindings(claims)

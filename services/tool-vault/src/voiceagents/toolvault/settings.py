@@ -2,7 +2,7 @@
 
 JSON-valued settings: `VA_TOOLVAULT_GRANT_PUBLIC_KEYS` = {kid: base64 Ed25519 public key},
 `VA_TOOLVAULT_MASTER_KEYS` = {kid: base64 32-byte AES key}, `VA_TOOLVAULT_OAUTH_PROVIDERS` =
-{name: provider config} (see oauth.py).
+{name: provider config} (see oauth.py), `VA_TOOLVAULT_RETURN_URL_ORIGINS` = [origin, ...].
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 import msgspec
 
 from voiceagents.contracts.grants import decode_public_keys
-from voiceagents.toolvault.oauth import OAuthProvider, load_providers
+from voiceagents.toolvault.oauth import OAuthProvider, load_providers, url_origin
 from voiceagents.toolvault.vault import VaultAuth, VaultConfig
 
 PREFIX = "VA_TOOLVAULT_"
 PLACEHOLDERS = frozenset({"", "changeme", "change-me", "secret", "dev", "devsecret", "placeholder"})
-_JSON_FIELDS = ("grant_public_keys", "master_keys", "oauth_providers")
+_JSON_FIELDS = ("grant_public_keys", "master_keys", "oauth_providers", "return_url_origins")
 
 
 class SettingsError(ValueError):
@@ -57,9 +57,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # How old a secret the release path may answer from memory (store.ReleaseReadCache).
     release_cache_seconds: float = 5.0
     oauth_providers: dict[str, dict[str, Any]] = {}
-    # How long a call can last (the gateway's grant lifetime): how long a revocation is kept.
+    # Origins (besides tool-vault's own) the OAuth callback may send the admin's browser back to,
+    # e.g. the admin UI's `https://voice.example.com`; any other return_url is refused.
+    return_url_origins: list[str] = []
+    # How long a call can last (the gateway's grant lifetime): how long a revocation is kept,
+    # and (plus 5 minutes) how far back a start replays call ends.
     max_call_seconds: int = 3600
-    # Durable consumer name of this replica on the CALLS stream (each replica needs every end).
+    # Names this replica's consumers on the CALLS stream (each replica needs every end).
     instance_id: str = msgspec.field(default_factory=socket.gethostname)
     nats_url: str = "nats://127.0.0.1:4222"
     nats_password: str = ""
@@ -98,6 +102,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         elif self.vault_auth == "token" and not self.vault_token:
             raise SettingsError(f"{PREFIX}VAULT_TOKEN must be set for token auth")
+        for origin in self.return_url_origins:
+            if url_origin(origin) != origin.rstrip("/"):
+                raise SettingsError(
+                    f"{PREFIX}RETURN_URL_ORIGINS: {origin!r} is not an origin "
+                    "(scheme://host[:port], lowercase, no path)"
+                )
         if self.max_call_seconds <= 0:
             raise SettingsError(f"{PREFIX}MAX_CALL_SECONDS must be positive")
         try:
@@ -129,6 +139,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def providers(self) -> dict[str, OAuthProvider]:
         return load_providers(self.oauth_providers)
+
+    def return_origins(self) -> frozenset[str]:
+        return frozenset(origin.rstrip("/") for origin in self.return_url_origins)
 
     def vault_config(self) -> VaultConfig:
         return VaultConfig(
