@@ -81,12 +81,13 @@ async def open_call(
     nc: Client,
     *,
     from_number: str = "+14155550123",
+    settings: Settings | None = None,
 ) -> ScriptedCall:
     """A call from `from_number` to the agent, prepared and started as the worker does."""
     mirror = ConfigMirror()
     mirror.apply_agent(config)
     runtime = WorkerRuntime(
-        settings=Settings(dev_mode=True, model="offline"),
+        settings=settings or Settings(dev_mode=True, model="offline"),
         mirror=mirror,
         tool_classes=discover(),
         phrases=PhraseAudio(OfflineVoice(), None),

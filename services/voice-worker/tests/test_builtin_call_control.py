@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiohttp import web
 from livekit import rtc
 from livekit.agents.voice import io
 
@@ -33,7 +34,12 @@ from voiceagents.worker.offline_model import (
 from voiceagents.worker.settings import Settings
 from voiceagents.worker.speech import PhraseAudio
 from voiceagents.worker.standins.twilio_calls import TwilioStandIn
-from voiceagents.worker.tools.builtin.call_control import CANNOT_TRANSFER, CallControl
+from voiceagents.worker.tools.builtin import call_control
+from voiceagents.worker.tools.builtin.call_control import (
+    CANNOT_TRANSFER,
+    TRANSFER_FAILED,
+    CallControl,
+)
 from voiceagents.worker.tools.discovery import discover, function_specs
 
 pytestmark = pytest.mark.unit
@@ -143,7 +149,13 @@ async def start_call(twilio: TwilioStandIn) -> AsyncIterator[Any]:
         mirror = ConfigMirror()
         mirror.apply_agent(config)
         runtime = WorkerRuntime(
-            settings=Settings(dev_mode=True, model="offline"),
+            # The worker's own Twilio account (its settings) is what transfers.
+            settings=Settings(
+                dev_mode=True,
+                model="offline",
+                twilio_account_sid=ACCOUNT_SID,
+                twilio_auth_token=AUTH_TOKEN,
+            ),
             mirror=mirror,
             tool_classes=discover(),
             phrases=PhraseAudio(OfflineVoice(), None),
@@ -172,12 +184,6 @@ async def start_call(twilio: TwilioStandIn) -> AsyncIterator[Any]:
         )
         control = state.tools.instances["system-call-control"]
         assert isinstance(control, CallControl)
-        # The worker's own Twilio credentials (its settings), in this call's memory.
-        control.credentials = ToolCredentials(
-            agent_tool_id="system-call-control",
-            kind="api_key",
-            secrets={"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN},
-        )
         session = new_session(OfflineRealtimeModel(script=script, realtime=False), state)
         speaker = PhoneSpeaker()
         if listen:
@@ -260,6 +266,74 @@ async def test_transfer_updates_the_live_call_after_the_handoff_sentence(
     [transferred] = [e for e in call.events if isinstance(e, CallTransferred)]
     assert transferred.to_number == "+14155550199"
     assert transferred.reason == "wants to speak to Jo"
+
+
+@pytest.fixture
+async def hung_twilio() -> AsyncIterator[str]:
+    """A Twilio API that takes the request and never answers."""
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    release.set()
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("twilio_fails", ["refused", "hung"])
+async def test_a_transfer_twilio_does_not_make_is_told_to_the_caller(
+    start_call: Any,
+    twilio: TwilioStandIn,
+    hung_twilio: str,
+    monkeypatch: pytest.MonkeyPatch,
+    twilio_fails: str,
+) -> None:
+    script = OfflineScript(
+        turns=[
+            ScriptTurn(
+                when="person",
+                tool_calls=[
+                    ScriptToolCall(
+                        name="transfer_to_human", arguments={"reason": "wants to speak to Jo"}
+                    )
+                ],
+                after_tools=HANDOFF,
+            )
+        ]
+    )
+    call = await start_call(script, transfer_number="+14155550199")
+    if twilio_fails == "refused":
+        # Credentials Twilio does not accept (401).
+        call.control.credentials = ToolCredentials(
+            agent_tool_id="system-call-control",
+            kind="api_key",
+            secrets={"account_sid": ACCOUNT_SID, "auth_token": "0" * 32},
+        )
+    else:
+        call.control.config = {**call.control.config, "twilio_api_base_url": hung_twilio}
+        monkeypatch.setattr(call_control, "TWILIO_SECONDS", 0.2)
+    told: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_item(event: Any) -> None:
+        text = event.item.text_content
+        if event.item.role == "assistant" and text != HANDOFF and not told.done():
+            told.set_result(text)
+
+    call.session.on("conversation_item_added", on_item)
+
+    await call.session.run(user_input="Can I talk to a person please?")
+
+    assert await asyncio.wait_for(told, 30) == TRANSFER_FAILED
+    assert not [e for e in call.events if isinstance(e, CallTransferred)]
+    assert not twilio.calls[call.state.call.call_sid].updates
 
 
 async def test_without_a_transfer_number_the_agent_says_it_cannot_transfer(

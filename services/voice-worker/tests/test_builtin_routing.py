@@ -26,6 +26,7 @@ from voiceagents.contracts.tools import PlatformToolSpec
 from voiceagents.contracts.toolvault import RELEASE_SUBJECT, ToolCredentials
 from voiceagents.devstack.servers import NatsServer
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
+from voiceagents.worker.settings import Settings
 from voiceagents.worker.standins.hubspot import HubSpotStandIn
 from voiceagents.worker.standins.twilio_calls import LiveCall, TwilioStandIn
 from voiceagents.worker.standins.zendesk import ZendeskStandIn
@@ -37,7 +38,9 @@ from voiceagents.worker.tools.builtin.call_control import (
 from voiceagents.worker.tools.builtin.crm import Crm
 from voiceagents.worker.tools.builtin.leads import Leads
 from voiceagents.worker.tools.discovery import function_specs
+from voiceagents.worker.tools.execution import ToolInvocation, ToolRunner
 from voiceagents.worker.tools.print_catalog import catalog_json
+from voiceagents.worker.tools.toolbox import build_call_tools
 
 pytestmark = pytest.mark.unit
 
@@ -144,17 +147,19 @@ async def start_call(
                 )
             ]
         )
-        call = await open_call(config, script, worker_nats, from_number=CALLER)
+        # The worker's own Twilio account (its settings) is what transfers.
+        settings = Settings(
+            dev_mode=True,
+            model="offline",
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_api_base_url=twilio.base_url,
+        )
+        call = await open_call(config, script, worker_nats, from_number=CALLER, settings=settings)
         started.append(call)
         control = call.state.tools.instances["system-call-control"]
         assert isinstance(control, CallControl)
         control.now = lambda: at.astimezone(UTC)
-        # The worker's own Twilio credentials (its settings), in this call's memory.
-        control.credentials = ToolCredentials(
-            agent_tool_id="system-call-control",
-            kind="api_key",
-            secrets={"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN},
-        )
         return call, twilio.add_call(call.state.call.call_sid)
 
     yield start
@@ -264,30 +269,76 @@ def test_the_catalog_offers_the_routing_table_to_admins() -> None:
         jsonschema.validate({"routing": {**ROUTING, "departments": late}}, schema)
 
 
-async def test_out_of_hours_with_tickets_the_callback_request_is_a_ticket() -> None:
-    async with ZendeskStandIn(email="desk@acme.test", api_token="zd-" + "3" * 20) as zendesk:
-        ana = zendesk.add_user("Ana Lima", phone=CALLER)
-        crm = Crm(
-            config={
-                "base_url": zendesk.base_url,
-                "email": "desk@acme.test",
-                "network_allowlist": ["127.0.0.1/32"],
-            },
-            credentials=ToolCredentials(
-                agent_tool_id="at-crm", kind="api_key", secrets={"api_key": "zd-" + "3" * 20}
-            ),
-        )
-        control = CallControl(config={"routing": {**ROUTING, "after_hours": "ticket"}})
-        control.now = lambda: TUESDAY_NIGHT.astimezone(UTC)
-        call = SimpleNamespace(call_sid="CA1", from_number=CALLER)
-        context: Any = SimpleNamespace(
-            userdata=SimpleNamespace(call=call, tools=SimpleNamespace(instances={"at-crm": crm}))
-        )
+ZENDESK_TOKEN = "zd-" + "3" * 20
 
-        result = await control.transfer_to_human(context, "invoice question", "sales", "Ana")
+
+def ticket_callback_call(zendesk: ZendeskStandIn, crm_functions: list[str]) -> Any:
+    """A call's context out of hours, whose agent binds the crm tool with `crm_functions`
+    enabled (the registry has removed the others); tool calls are reported to `.reports`."""
+    reports: list[ToolInvocation] = []
+    crm = ToolBinding(
+        agent_tool_id="at-crm",
+        tool_name="crm",
+        auth_type="api_key",
+        config={
+            "base_url": zendesk.base_url,
+            "email": "desk@acme.test",
+            "network_allowlist": ["127.0.0.1/32"],
+        },
+        functions=[spec for spec in function_specs(Crm) if spec.name in crm_functions],
+    )
+    tools = build_call_tools(
+        [crm],
+        {"crm": Crm},
+        {
+            "at-crm": ToolCredentials(
+                agent_tool_id="at-crm", kind="api_key", secrets={"api_key": ZENDESK_TOKEN}
+            )
+        },
+        {},
+        ToolRunner(report=reports.append),
+        None,
+    )
+    call = SimpleNamespace(call_sid="CA1", from_number=CALLER)
+    return SimpleNamespace(userdata=SimpleNamespace(call=call, tools=tools), reports=reports)
+
+
+def closed_control(after_hours: str) -> CallControl:
+    control = CallControl(config={"routing": {**ROUTING, "after_hours": after_hours}})
+    control.now = lambda: TUESDAY_NIGHT.astimezone(UTC)
+    return control
+
+
+async def test_out_of_hours_with_tickets_the_callback_request_is_a_ticket() -> None:
+    async with ZendeskStandIn(email="desk@acme.test", api_token=ZENDESK_TOKEN) as zendesk:
+        ana = zendesk.add_user("Ana Lima", phone=CALLER)
+        context = ticket_callback_call(zendesk, ["get_customer", "create_ticket"])
+
+        result = await closed_control("ticket").transfer_to_human(
+            context, "invoice question", "sales", "Ana"
+        )
 
         [ticket] = zendesk.tickets.values()
         assert result["callback"] == {"ticket_id": ticket.id}
         assert ticket.requester_id == ana.id
         assert ticket.subject == "Callback: sales"
         assert ticket.description.startswith("Callback requested for sales: invoice question")
+        # Run as the model's own call would be: reported like one.
+        [report] = context.reports
+        assert (report.binding.function, report.outcome) == ("create_ticket", "ok")
+
+
+async def test_a_callback_is_not_written_with_a_function_the_agent_did_not_enable() -> None:
+    async with ZendeskStandIn(email="desk@acme.test", api_token=ZENDESK_TOKEN) as zendesk:
+        zendesk.add_user("Ana Lima", phone=CALLER)
+        # create_ticket is in the agent tool's unselected_functions.
+        context = ticket_callback_call(zendesk, ["get_customer"])
+
+        result = await closed_control("ticket").transfer_to_human(
+            context, "invoice question", "sales", "Ana"
+        )
+
+        assert result["callback_requested"] is False
+        assert result["say_to_caller"].endswith("Please call again then.")
+        assert not zendesk.tickets
+        assert not context.reports

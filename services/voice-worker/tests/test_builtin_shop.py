@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiohttp import web
 from nats.aio.client import Client
 
 from voiceagents.contracts.agents import AgentRuntimeConfig, ToolBinding
@@ -32,6 +33,7 @@ from voiceagents.worker.speech import PhraseAudio
 from voiceagents.worker.standins.shopify import ShopifyStandIn
 from voiceagents.worker.tools.builtin.shop import NOT_FOUND, Shop, belongs_to
 from voiceagents.worker.tools.discovery import discover, function_specs
+from voiceagents.worker.tools.ssrf import RequestRefused
 
 pytestmark = pytest.mark.unit
 
@@ -223,3 +225,37 @@ def test_the_functions_declare_their_flags() -> None:
     assert specs["get_order_status"].redact_arguments == ["email", "phone"]
     assert not specs["start_return"].idempotent
     assert specs["start_return"].parameters["required"] == ["order_number", "line_item", "reason"]
+
+
+@pytest.fixture
+async def moved_shop(store: ShopifyStandIn) -> AsyncIterator[str]:
+    """A shop URL whose every answer is a redirect to another origin (the store, another port)."""
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently(store.origin + request.path_qs)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", moved)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_the_access_token_does_not_follow_a_redirect_to_another_origin(
+    store: ShopifyStandIn, moved_shop: str
+) -> None:
+    tool = Shop(
+        config={"shop_url": moved_shop, "network_allowlist": ["127.0.0.1/32"]},
+        credentials=ToolCredentials(
+            agent_tool_id="at-shop", kind="api_key", secrets={"api_key": TOKEN}
+        ),
+    )
+
+    # httpx strips only `Authorization` on such a redirect, not X-Shopify-Access-Token.
+    with pytest.raises(RequestRefused):
+        await tool.get_order_status(on_call(), "1001")
+
+    assert store.requests == []

@@ -4,10 +4,12 @@ the SSRF guard, which only the agent tool's own allowlist opens."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from aiohttp import web
@@ -17,9 +19,14 @@ from voiceagents.contracts.calls import ToolInvoked
 from voiceagents.contracts.tools import HttpRequestTemplate, ToolFunctionSpec
 from voiceagents.contracts.toolvault import ToolCredentials
 from voiceagents.worker.offline_model import OfflineScript, ScriptToolCall, ScriptTurn
-from voiceagents.worker.tools.execution import FAILED_SENTENCE, ToolRunner
+from voiceagents.worker.tools.execution import (
+    FAILED_SENTENCE,
+    FunctionBinding,
+    ToolInvocation,
+    ToolRunner,
+)
 from voiceagents.worker.tools.http import HttpToolExecutor
-from voiceagents.worker.tools.ssrf import guarded_client
+from voiceagents.worker.tools.ssrf import GuardedTransport, IPAddress, guarded_client
 from voiceagents.worker.tools.toolbox import build_call_tools
 
 pytestmark = pytest.mark.unit
@@ -249,3 +256,94 @@ async def test_an_oversized_answer_is_refused_unread_and_the_agent_says_so(
     assert spoken == [FAILED_SENTENCE]
     (event,) = [e for e in call.published if isinstance(e, ToolInvoked)]
     assert (event.outcome, event.error) == ("error", "ResponseTooLarge")
+
+
+class PublicDns:
+    """Every name is one public address: only the URL the executor built decides the request."""
+
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("93.184.216.34")]
+
+
+@pytest.fixture
+async def recorded() -> AsyncIterator[tuple[HttpToolExecutor, list[httpx.Request]]]:
+    """The executor on the SSRF guard, the network replaced by a recorder that answers 200."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": True})
+
+    transport = GuardedTransport(resolver=PublicDns(), inner=httpx.MockTransport(answer))
+    async with httpx.AsyncClient(transport=transport) as client:
+        yield HttpToolExecutor(client), seen
+
+
+def orders(url_template: str, parameter: str) -> ToolFunctionSpec:
+    return ToolFunctionSpec(
+        name="orders",
+        description="A customer's orders.",
+        parameters={
+            "type": "object",
+            "properties": {parameter: {"type": "string"}},
+            "required": [parameter],
+        },
+        http=HttpRequestTemplate(method="GET", url_template=url_template),
+    )
+
+
+@pytest.mark.parametrize(
+    ("url_template", "argument", "host", "path"),
+    [
+        (
+            "https://{customer.id}.api.example.com/orders",
+            "evil.example.net/x?",
+            "evil.example.net%2fx%3f.api.example.com",
+            "/orders",
+        ),
+        (
+            "https://api.example.com/customers/{customer.id}/orders",
+            "7/../../admin/users?all=1&",
+            "api.example.com",
+            "/customers/7%2F..%2F..%2Fadmin%2Fusers%3Fall%3D1%26/orders",
+        ),
+    ],
+)
+async def test_a_model_argument_named_with_a_dot_is_still_encoded(
+    recorded: tuple[HttpToolExecutor, list[httpx.Request]],
+    url_template: str,
+    argument: str,
+    host: str,
+    path: str,
+) -> None:
+    executor, seen = recorded
+    credentials = ToolCredentials(agent_tool_id="at-orders", kind="oauth2", access_token="tok-1")
+
+    await executor.execute(
+        orders(url_template, "customer.id"), {}, credentials, {"customer.id": argument}
+    )
+
+    # The bearer token goes only where the admin's template points.
+    [request] = seen
+    assert (request.headers["host"], request.url.raw_path.decode()) == (host, path)
+
+
+@pytest.mark.parametrize("argument", [".", ".."])
+async def test_a_dot_segment_argument_is_refused_not_resolved_away(
+    recorded: tuple[HttpToolExecutor, list[httpx.Request]], argument: str
+) -> None:
+    executor, seen = recorded
+    reports: list[ToolInvocation] = []
+    runner = ToolRunner(report=reports.append)
+    binding = FunctionBinding(tool_name="orders", agent_tool_id="at-orders", function="orders")
+    spec = orders("https://api.example.com/orders/{id}", "id")
+
+    # httpx would send "/orders/.." as "/": another resource than the template names.
+    result = await runner.run(
+        binding, None, {"id": argument}, lambda: executor.execute(spec, {}, None, {"id": argument})
+    )
+
+    assert seen == []
+    assert json.loads(result)["say_to_caller"] == FAILED_SENTENCE
+    [report] = reports
+    assert report.outcome == "refused"

@@ -308,6 +308,42 @@ async def test_a_room_deleted_under_a_live_call_ends_the_call_at_once(
     assert [(line.role, line.text) for line in ended.transcript][:1] == [("agent", GREETING)]
 
 
+async def test_a_caller_hanging_up_before_their_leg_joins_is_an_early_end_not_a_failure(
+    start_worker: Any,
+    place_call: Any,
+    agent_in_kv: Any,
+    make_config: Any,
+    call_events: Any,
+    livekit_server: LiveKitServer,
+) -> None:
+    # The caller hangs up while Twilio is still connecting the SIP leg: the gateway deletes
+    # the room with the worker waiting for the caller.
+    config = await agent_in_kv(make_config(tools=ORDERS_ONLY))
+    worker = await start_worker(SCRIPT)
+    placed = await place_call(config, worker.agent_name)
+    sid = placed.call.call_sid
+    await call_events.wait_for(AgentJoined, sid)
+    async with asyncio.timeout(10):  # the server API has no event for a published track
+        while not await agent_audio_tracks(livekit_server, placed.call.room):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    lkapi = api.LiveKitAPI(livekit_server.url, livekit_server.api_key, livekit_server.api_secret)
+    try:
+        await lkapi.room.delete_room(api.DeleteRoomRequest(room=placed.call.room))
+    finally:
+        await lkapi.aclose()
+    ended = await call_events.wait_for(CallEnded, sid)
+
+    assert (ended.status, ended.ended_by, ended.reason) == (
+        "completed",
+        "system",
+        "room_closed_before_caller",
+    )
+    assert ended.transcript == []
+    await worker.wait_for_log('"room closed before the caller joined"')
+    assert '"call failed"' not in worker.log()
+
+
 async def test_health_and_a_job_process_killed_mid_call_ends_the_call_as_failed(
     start_worker: Any,
     place_call: Any,

@@ -180,3 +180,20 @@ async def test_a_refused_request_becomes_a_sentence_for_the_caller() -> None:
     assert "say_to_caller" in result
     assert "169.254" not in result
     assert (reports[0].outcome, reports[0].error) == ("refused", "RequestRefused")
+
+
+async def test_a_redirect_is_followed_within_its_origin_only(
+    server: tuple[str, list[str]],
+) -> None:
+    host, hosts = server
+    port = host.split(":")[1]
+    config = {"network_allowlist": ["standin.test", "127.0.0.1/32"]}
+
+    same = await run_http_tool(f"http://{host}/redirect?to=/ok", config)
+    # Another host, another port: the request's headers and body would go along.
+    for target in (f"http://127.0.0.1:{port}/ok", f"http://standin.test:{int(port) + 1}/ok"):
+        with pytest.raises(RequestRefused, match="another origin"):
+            await run_http_tool(f"http://{host}/redirect?to={target}", config)
+
+    assert same == {"ok": True}
+    assert hosts == [host, host, host, host]

@@ -30,7 +30,8 @@ from voiceagents.worker.offline_model import (
 from voiceagents.worker.settings import Settings
 from voiceagents.worker.speech import PhraseAudio
 from voiceagents.worker.standins.twilio_calls import TwilioStandIn
-from voiceagents.worker.tools.discovery import catalog, discover
+from voiceagents.worker.tools.builtin.call_control import CallControl
+from voiceagents.worker.tools.discovery import catalog, discover, function_specs
 from voiceagents.worker.tools.system import system_bindings, with_system_tools
 
 pytestmark = pytest.mark.unit
@@ -57,7 +58,7 @@ SCRIPT = OfflineScript(
 )
 
 
-def agent_without_tools() -> AgentRuntimeConfig:
+def agent_with(tools: list[ToolBinding]) -> AgentRuntimeConfig:
     return AgentRuntimeConfig(
         agent_id=f"agent-{uuid.uuid4().hex[:8]}",
         org_id="org-1",
@@ -65,7 +66,7 @@ def agent_without_tools() -> AgentRuntimeConfig:
         name="Sam",
         system_prompt="You answer the salon's phone.",
         transfer_number=TRANSFER_NUMBER,
-        tools=[],
+        tools=tools,
     )
 
 
@@ -95,8 +96,8 @@ async def twilio() -> AsyncIterator[TwilioStandIn]:
 async def start_call() -> AsyncIterator[Any]:
     sessions: list[Any] = []
 
-    async def start(settings: Settings) -> Call:
-        config = agent_without_tools()
+    async def start(settings: Settings, tools: list[ToolBinding] | None = None) -> Call:
+        config = agent_with(tools or [])
         mirror = ConfigMirror()
         mirror.apply_agent(config)
         runtime = WorkerRuntime(
@@ -170,6 +171,27 @@ async def test_without_twilio_credentials_the_agent_says_it_cannot_transfer(
     assert await call.say("Can I talk to a person?") == [CANNOT_DO_SENTENCE]
 
 
+async def test_without_twilio_credentials_an_agent_binding_call_control_cannot_transfer(
+    start_call: Any,
+) -> None:
+    # The agent binds the system tool itself, to configure its routing.
+    bound = ToolBinding(
+        agent_tool_id="at-control",
+        tool_name="call_control",
+        config={
+            "routing": {
+                "departments": {"sales": {"number": "+14155550201"}},
+                "fallback_department": "sales",
+            }
+        },
+        functions=function_specs(CallControl),
+    )
+    call = await start_call(Settings(dev_mode=True, model="offline"), [bound])
+
+    assert sorted(call.model.sessions[0].tools.function_tools) == ["end_call"]
+    assert await call.say("Can I talk to a person?") == [CANNOT_DO_SENTENCE]
+
+
 async def test_end_call_marks_the_call_as_ended_by_the_agent(start_call: Any) -> None:
     call = await start_call(Settings(dev_mode=True, model="offline"))
 
@@ -193,7 +215,7 @@ def test_an_agents_config_cannot_send_the_workers_twilio_credentials_elsewhere()
         twilio_account_sid=ACCOUNT_SID,
         twilio_auth_token=AUTH_TOKEN,
     )
-    system = system_bindings(discover(), settings)
+    system = system_bindings(discover())
     # The agent binds call_control itself (to configure it) and tries to aim it elsewhere.
     bound = ToolBinding(
         agent_tool_id="at-control",

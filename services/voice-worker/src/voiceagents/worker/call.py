@@ -36,7 +36,7 @@ from nats.js.errors import KeyNotFoundError
 
 from voiceagents.contracts import bus
 from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig, ToolBinding
-from voiceagents.contracts.calls import CallContext, DispatchMetadata, EndedBy
+from voiceagents.contracts.calls import CallContext, CallStatus, DispatchMetadata, EndedBy
 from voiceagents.contracts.codec import decode
 from voiceagents.contracts.mirror import ConfigMirror
 from voiceagents.contracts.toolvault import ToolCredentials
@@ -63,6 +63,9 @@ from voiceagents.worker.tools.toolbox import CallTools, build_call_tools
 log = structlog.get_logger("voiceagents.worker.call")
 
 CALLER_KINDS = [rtc.ParticipantKind.PARTICIPANT_KIND_SIP]
+# The `ended` reason when the room went away before the caller's leg joined: they hung up while
+# it was connecting (the gateway then deletes the room), or the leg never connected.
+ROOM_CLOSED_BEFORE_CALLER = "room_closed_before_caller"
 NATS_CONNECT_SECONDS = 2.0
 # The realtime model detects the caller's turns (Gemini server-side VAD; the stand-in's energy
 # detector): no local VAD or turn-detector model is loaded.
@@ -98,7 +101,7 @@ class WorkerRuntime:
     @cached_property
     def system_bindings(self) -> list[ToolBinding]:
         """The system tools every call gets (end call, transfer), built once per process."""
-        return system_bindings(self.tool_classes, self.settings)
+        return system_bindings(self.tool_classes)
 
     @classmethod
     def create(cls, settings: Settings, mirror: ConfigMirror) -> WorkerRuntime:
@@ -504,29 +507,55 @@ async def run_session(
     await session.start(new_agent(state), room=ctx.room, room_options=ROOM_OPTIONS)
     # Greeting on the subscription alone was sooner, but it can come before the caller's
     # side is listening: under load the simulated caller missed the first frames that way.
-    await ctx.wait_for_participant(kind=CALLER_KINDS)
+    if not await caller_joined(ctx):
+        # An ordinary early end, not a failure: nobody was on the line yet.
+        log.info("room closed before the caller joined", call_sid=state.call.call_sid)
+        state.events.ended(ended_by="system", reason=ROOM_CLOSED_BEFORE_CALLER)
+        return
     answered = time.perf_counter()
     await greet(session, config, greeting, runtime.settings.greeting_render_seconds)
     ends: list[asyncio.Future[Any]] = [closed, room_closed]
     await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-    ended_by, reason = how_it_ended(
+    ended_by, reason, status = how_it_ended(
         closed.result().reason if closed.done() else None, caller_hung_up, state.ended_by_agent
     )
+    if status == "failed":
+        log.error("call failed", call_sid=state.call.call_sid, reason=reason)
     state.events.ended(
-        ended_by=ended_by, reason=reason, duration_seconds=time.perf_counter() - answered
+        ended_by=ended_by,
+        reason=reason,
+        status=status,
+        duration_seconds=time.perf_counter() - answered,
     )
+
+
+async def caller_joined(ctx: JobContext) -> bool:
+    """Wait for the caller's SIP participant: True once they are in the room, False when the
+    room went away first."""
+    try:
+        await ctx.wait_for_participant(kind=CALLER_KINDS)
+    except RuntimeError:  # livekit-agents: "room disconnected while waiting for participant"
+        if ctx.room.isconnected():
+            raise
+        return False
+    return True
 
 
 def how_it_ended(
     session_close: voice_events.CloseReason | None,
     caller_hung_up: bool,
     ended_by_agent: str | None,
-) -> tuple[EndedBy, str]:
-    """Who ended the call and why: the session's close reason, or None when the room went
-    away first; whether the caller's participant had left; the reason end_call was given."""
+) -> tuple[EndedBy, str, CallStatus]:
+    """Who ended the call, why, and its status: from the session's close reason (None when the
+    room went away first), whether the caller's participant had left, and the reason end_call
+    was given. A session that livekit-agents closed on an error (the model failed) failed."""
     if ended_by_agent is not None:
-        return "agent", ended_by_agent
+        return "agent", ended_by_agent, "completed"
     hung_up = voice_events.CloseReason.PARTICIPANT_DISCONNECTED
     if session_close is None:
-        return ("caller", hung_up.value) if caller_hung_up else ("system", "room_closed")
-    return ("caller" if session_close == hung_up else "system"), session_close.value
+        if caller_hung_up:
+            return "caller", hung_up.value, "completed"
+        return "system", "room_closed", "completed"
+    if session_close == voice_events.CloseReason.ERROR:
+        return "system", session_close.value, "failed"
+    return ("caller" if session_close == hung_up else "system"), session_close.value, "completed"

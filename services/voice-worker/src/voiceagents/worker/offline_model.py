@@ -272,12 +272,17 @@ class OfflineRealtimeSession(llm.RealtimeSession[Any]):
     ) -> asyncio.Future[llm.GenerationCreatedEvent]:
         future: asyncio.Future[llm.GenerationCreatedEvent] = asyncio.Future()
         last = self._chat_ctx.items[-1] if self._chat_ctx.items else None
-        if isinstance(last, llm.FunctionCallOutput):
-            reply: tuple[str, list[ScriptToolCall]] = (self._after_tools(), [])
+        # The worker's own "Say exactly:" (a greeting without audio, a failed transfer) comes
+        # first, as a real model follows the instructions of the reply it is asked for.
+        if utils.is_given(instructions) and "Say exactly:" in instructions:
+            reply: tuple[str, list[ScriptToolCall]] = (
+                instructions.split("Say exactly:", 1)[1].strip(),
+                [],
+            )
+        elif isinstance(last, llm.FunctionCallOutput):
+            reply = (self._after_tools(), [])
         elif isinstance(last, llm.ChatMessage) and last.role == "user":
             reply = self._turn_reply(self._pick_turn(last.text_content or ""))
-        elif utils.is_given(instructions) and "Say exactly:" in instructions:
-            reply = (instructions.split("Say exactly:", 1)[1].strip(), [])
         else:
             reply = (self._model.script.fallback, [])
         self._start(reply, user_initiated=future)

@@ -1,9 +1,11 @@
 """The one generic executor of declarative HTTP tools (`kind="http"` in the registry).
 
-A function's `HttpRequestTemplate` names placeholders: `{param}` for the model's arguments,
-`{config.key}` for the agent tool's non-secret config, `{secret.name}` and `{access_token}` for
-the credentials tool-vault released for this call. Arguments in the URL are percent-encoded; a body
-value that is exactly one placeholder keeps the argument's JSON type.
+A function's `HttpRequestTemplate` names placeholders: `{config.key}` for the agent tool's
+non-secret config, `{secret.name}` and `{access_token}` for the credentials tool-vault released for
+this call, and any other name (`{id}`, `{customer.id}`) for the model's arguments. Admin values are
+used as written; arguments in the URL are always percent-encoded (they cannot add a path segment, a
+query parameter or a host), and one that is a dot segment (`.`, `..`) is refused. A body value that
+is exactly one placeholder keeps the argument's JSON type.
 
 Where a request may go is decided by the client's SSRF guard (`ssrf.guarded_client`): every
 request carries its agent tool's `network_allowlist`, so an admin can open the guard for one
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -23,9 +26,14 @@ import jsonschema
 
 from voiceagents.contracts.tools import ToolFunctionSpec
 from voiceagents.contracts.toolvault import ToolCredentials
-from voiceagents.worker.tools.ssrf import ALLOWLIST_EXTENSION, Allowlist
+from voiceagents.worker.tools.ssrf import ALLOWLIST_EXTENSION, Allowlist, RequestRefused
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+# Placeholders an admin or tool-vault fills; every other name is a model argument.
+_ADMIN_PREFIXES = ("config.", "secret.")
+_ACCESS_TOKEN = "access_token"  # noqa: S105 - a placeholder's name, not a token
+# Path segments that httpx (and servers) resolve away: "/orders/.." is "/".
+_DOT_SEGMENTS = frozenset({".", ".."})
 # A tool's answer is spoken, never a download: a larger response is refused unread.
 MAX_RESPONSE_BYTES = 256 * 1024
 # What of a response reaches the model (it reads it aloud, and every token costs time):
@@ -42,6 +50,10 @@ class ResponseTooLarge(Exception):
 
 class TemplateError(ValueError):
     """A template references something that is not there; the message names it."""
+
+
+class ArgumentRefused(RequestRefused):
+    """A model argument would change which resource the URL names (a dot segment)."""
 
 
 class HttpToolExecutor:
@@ -117,41 +129,57 @@ def trimmed(value: Any) -> Any:
     return value
 
 
+def _is_argument(name: str) -> bool:
+    """Whether a placeholder is filled by the model, decided by its namespace alone (a model
+    parameter may itself be named `customer.id`)."""
+    return not name.startswith(_ADMIN_PREFIXES) and name != _ACCESS_TOKEN
+
+
+@dataclass(frozen=True)
+class _Values:
+    # `config.key`, `secret.name`, `access_token`: the admin's and tool-vault's, used as written.
+    admin: Mapping[str, Any]
+    arguments: Mapping[str, Any]
+
+    def get(self, name: str) -> Any:
+        source = self.arguments if _is_argument(name) else self.admin
+        if name not in source:
+            # Name the placeholder only: its value may be a secret, its name is not.
+            raise TemplateError(f"template placeholder {{{name}}} has no value")
+        return source[name]
+
+
 def _values(
     config: Mapping[str, Any], credentials: ToolCredentials | None, arguments: Mapping[str, Any]
-) -> dict[str, Any]:
-    values: dict[str, Any] = dict(arguments)
-    values.update({f"config.{key}": value for key, value in config.items()})
+) -> _Values:
+    admin: dict[str, Any] = {f"config.{key}": value for key, value in config.items()}
     if credentials is not None:
-        values.update({f"secret.{key}": value for key, value in credentials.secrets.items()})
+        admin.update({f"secret.{key}": value for key, value in credentials.secrets.items()})
         if credentials.access_token:
-            values["access_token"] = credentials.access_token
-    return values
+            admin[_ACCESS_TOKEN] = credentials.access_token
+    return _Values(admin=admin, arguments=arguments)
 
 
-def _lookup(name: str, values: Mapping[str, Any]) -> Any:
-    if name not in values:
-        # Name the placeholder only: its value may be a secret, its name is not.
-        raise TemplateError(f"template placeholder {{{name}}} has no value")
-    return values[name]
-
-
-def _fill(template: str, values: Mapping[str, Any], *, encode: bool = False) -> str:
+def _fill(template: str, values: _Values, *, encode: bool = False) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
-        text = str(_lookup(name, values))
-        # The model's arguments cannot add path segments or query parameters; config values
-        # (a base URL) are the admin's and are used as written.
-        return quote(text, safe="") if encode and "." not in name else text
+        text = str(values.get(name))
+        if not (encode and _is_argument(name)):
+            return text
+        # The model's arguments cannot add path segments, query parameters or a host, nor
+        # climb out of the path the template names.
+        if text in _DOT_SEGMENTS:
+            raise ArgumentRefused(f"argument {{{name}}} is a dot segment")
+        return quote(text, safe="")
 
     return _PLACEHOLDER.sub(replace, template)
 
 
-def _fill_json(template: Any, values: Mapping[str, Any]) -> Any:
+def _fill_json(template: Any, values: _Values) -> Any:
     if isinstance(template, str):
         whole = _PLACEHOLDER.fullmatch(template)
         if whole is not None:
-            return _lookup(whole.group(1), values)
+            return values.get(whole.group(1))
         return _fill(template, values)
     if isinstance(template, dict):
         return {key: _fill_json(value, values) for key, value in template.items()}

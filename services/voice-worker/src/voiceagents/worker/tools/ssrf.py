@@ -14,6 +14,9 @@ sends goes through `GuardedTransport`, which, for the first request and for ever
    host becomes the IP, while the `Host` header and the TLS server name (SNI, certificate check)
    stay the original host name.
 
+A redirect is followed only within the request's origin (or from http to https on the same host):
+tools send credentials in headers and bodies that httpx would carry to any other host.
+
 An agent tool's config may carry `network_allowlist`: host names (`crm.internal`,
 `*.corp.example`) whose addresses are allowed whatever they are, and networks (`10.20.0.0/16`,
 `fd12::/64`) whose addresses are allowed. Cloud metadata endpoints are refused even then: no tool
@@ -244,6 +247,33 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+async def same_origin_redirects_only(response: httpx.Response) -> None:
+    """Refuse a redirect that leaves the request's origin (scheme, host, port), except from http
+    to https on the same host.
+
+    Tools carry credentials httpx cannot tell apart (a Shopify or API-key header, any header or
+    body value of a declarative tool's template; a 307 re-sends the body), and httpx strips only
+    `Authorization` when a redirect changes origin: the others would follow it to another host,
+    even over plain http."""
+    if not response.has_redirect_location:
+        return
+    source = response.request.url
+    target = source.join(response.headers["Location"])
+    same_origin = (target.scheme, target.host, target.port) == (
+        source.scheme,
+        source.host,
+        source.port,
+    )
+    upgrade = (
+        (source.scheme, target.scheme) == ("http", "https")
+        and target.host == source.host
+        and source.port is None
+        and target.port is None
+    )
+    if not (same_origin or upgrade):
+        raise RequestRefused(f"a redirect from {source.host} to another origin is not followed")
+
+
 def guarded_client(
     *,
     allowlist: Allowlist | None = None,
@@ -253,7 +283,8 @@ def guarded_client(
     base_url: str = "",
     headers: Mapping[str, str] | None = None,
 ) -> httpx.AsyncClient:
-    """An HTTP client for tools: follows redirects, each hop checked and pinned."""
+    """An HTTP client for tools: follows redirects within the request's origin, each hop checked
+    and pinned."""
     return httpx.AsyncClient(
         transport=GuardedTransport(allowlist=allowlist, resolver=resolver),
         follow_redirects=True,
@@ -261,4 +292,5 @@ def guarded_client(
         timeout=timeout,
         base_url=base_url,
         headers=headers,
+        event_hooks={"response": [same_origin_redirects_only]},
     )

@@ -6,8 +6,9 @@ an agent binds one only to configure it (transfer routing, say). System tools ac
 worker's own Twilio account (its settings), never with tool-vault's secrets, and an agent's
 config never decides where those credentials go: `twilio_api_base_url` is the worker's setting
 (only in dev mode may an agent's config set it, for tests). Without Twilio credentials the worker
-cannot transfer, so `transfer_to_human` is left out of the added binding: the model then says it
-cannot transfer instead of promising a hand-off that never happens.
+cannot transfer, so `transfer_to_human` is left out, whether the worker added the binding or the
+agent bound the tool itself: the model then says it cannot transfer instead of promising a
+hand-off that never happens.
 """
 
 from __future__ import annotations
@@ -27,21 +28,18 @@ TRANSFER_FUNCTION = "transfer_to_human"
 TWILIO_URL_KEY = "twilio_api_base_url"
 
 
-def system_bindings(classes: Mapping[str, type[BaseTool]], settings: Settings) -> list[ToolBinding]:
+def system_bindings(classes: Mapping[str, type[BaseTool]]) -> list[ToolBinding]:
     """A binding of every system tool with all its functions (built once per process)."""
     bindings: list[ToolBinding] = []
     for name, cls in sorted(classes.items()):
         if not cls.metadata.system:
             continue
-        functions = function_specs(cls)
-        if settings.twilio_secrets is None:
-            functions = [f for f in functions if f.name != TRANSFER_FUNCTION]
         bindings.append(
             ToolBinding(
                 agent_tool_id=f"system-{name}",
                 tool_name=name,
                 description=cls.metadata.description,
-                functions=functions,
+                functions=function_specs(cls),
                 timeout_seconds=cls.metadata.timeout_seconds,
             )
         )
@@ -52,7 +50,8 @@ def with_system_tools(
     bindings: list[ToolBinding], system: list[ToolBinding], settings: Settings
 ) -> tuple[list[ToolBinding], dict[str, ToolCredentials]]:
     """The agent's bindings plus the system tools it did not bind, every system binding with the
-    worker's Twilio base URL; and the worker's Twilio credentials for each system binding."""
+    worker's Twilio base URL (and without `transfer_to_human` when the worker has no Twilio
+    account); and the worker's Twilio credentials for each system binding."""
     bound = {binding.tool_name for binding in bindings}
     system_names = {binding.tool_name for binding in system}
     secrets = settings.twilio_secrets
@@ -63,10 +62,13 @@ def with_system_tools(
             config = dict(binding.config)
             if not (settings.dev_mode and TWILIO_URL_KEY in config):
                 config[TWILIO_URL_KEY] = settings.twilio_api_base_url
-            binding = msgspec.structs.replace(binding, config=config)
-            if secrets is not None:
+            functions = binding.functions
+            if secrets is None:
+                functions = [f for f in functions if f.name != TRANSFER_FUNCTION]
+            else:
                 credentials[binding.agent_tool_id] = ToolCredentials(
                     agent_tool_id=binding.agent_tool_id, kind="api_key", secrets=secrets
                 )
+            binding = msgspec.structs.replace(binding, config=config, functions=functions)
         result.append(binding)
     return result, credentials

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from livekit.agents import RunContext, llm
-from livekit.agents.llm import RawFunctionTool, function_tool
+from livekit.agents.llm import FunctionTool, RawFunctionTool, function_tool
 
 from voiceagents.contracts.agents import ToolBinding
 from voiceagents.contracts.tools import ToolFunctionSpec
@@ -34,10 +34,23 @@ class CallTools:
     tools: list[llm.Tool] = field(default_factory=list)
     # Tool instances of this call (they hold its credentials), by agent tool id.
     instances: dict[str, BaseTool] = field(default_factory=dict)
+    # The enabled functions of code tools, wrapped as the model calls them (through the runner),
+    # by agent tool id and function name.
+    functions: dict[tuple[str, str], FunctionTool[Any, Any]] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
         return [tool.id for tool in self.tools]
+
+    def enabled(self, cls: type[BaseTool], function: str) -> FunctionTool[Any, Any] | None:
+        """`function` of a `cls` tool the agent bound, if it enabled it: what one tool may call
+        for the agent (call_control's after-hours callback), with the same runner, timeout and
+        `tool_invoked` event as when the model calls it."""
+        for agent_tool_id, instance in self.instances.items():
+            tool = self.functions.get((agent_tool_id, function))
+            if isinstance(instance, cls) and tool is not None:
+                return tool
+        return None
 
 
 def build_call_tools(
@@ -81,7 +94,9 @@ def build_call_tools(
                 unavailable=reason,
             )
             method = info.method.__get__(instance, cls)
-            _add(built, wrap_method(method, function, runner, description=info.description or None))
+            tool = wrap_method(method, function, runner, description=info.description or None)
+            built.functions[binding.agent_tool_id, spec.name] = tool
+            _add(built, tool)
     return built
 
 

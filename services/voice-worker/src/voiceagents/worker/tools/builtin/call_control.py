@@ -4,7 +4,9 @@ Both speak first and act second. The function returns an instruction for the mod
 sentence (a goodbye, a hand-off line); once that sentence has been played to the caller, the
 tool acts: `end_call` deletes the call's LiveKit room (which hangs up the SIP leg and with it the
 phone call), `transfer_to_human` updates the live Twilio call with `<Dial>` TwiML to the agent's
-`transfer_number`, which ends the leg into LiveKit and rings the person.
+`transfer_number`, which ends the leg into LiveKit and rings the person. When Twilio refuses the
+update or does not answer within `TWILIO_SECONDS`, the agent tells the caller it could not put
+them through, and the call goes on with the agent.
 
 The worker builds this tool for every call (`tools/system.py`; an admin binds it only to
 configure it, e.g. with `routing`): config
@@ -19,14 +21,18 @@ department's number — while it is open (`hours` per weekday in the routing `ti
 department without `hours` is always open); an unknown department goes to the
 `fallback_department`. Out of hours nobody is rung: the caller hears when the team is back and
 that they will be called back, and the callback request is written through the agent's own
-`leads` tool (`after_hours: "lead"`) or `crm` tool (`"ticket"`) on this call — the tool must be
-bound to the agent; without it the caller is asked to call again. Without `routing`, every
-transfer goes to the agent's `transfer_number`. The clock (`now`) is replaced in tests.
+`leads` tool (`after_hours: "lead"`, its `create_lead`) or `crm` tool (`"ticket"`, its
+`create_ticket`) on this call, run as if the model had called it — the tool must be bound to the
+agent with that function enabled; without it the caller is asked to call again. Without
+`routing`, every transfer goes to the agent's `transfer_number`. The clock (`now`) is replaced
+in tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +54,7 @@ from voiceagents.contracts.toolvault import ToolCredentials
 from voiceagents.worker.tools.base import BaseTool, ToolMetadata, tool_function
 from voiceagents.worker.tools.builtin.crm import Crm, caller_number
 from voiceagents.worker.tools.builtin.leads import Leads
+from voiceagents.worker.tools.toolbox import CallTools
 
 log = structlog.get_logger("voiceagents.worker.tools.call_control")
 
@@ -55,6 +62,9 @@ TWILIO_API = "https://api.twilio.com"
 # How long to wait for the model to start its last sentence, and for it to be played.
 SENTENCE_START_SECONDS = 5.0
 SENTENCE_PLAYOUT_SECONDS = 30.0
+# The live-call update: the caller is waiting in silence after the hand-off sentence (twilio's
+# aiohttp client has no timeout of its own but aiohttp's 300 s).
+TWILIO_SECONDS = 10.0
 
 GOODBYE_INSTRUCTION = (
     "The call ends after your next sentence. Say a short, friendly goodbye to the caller now, "
@@ -66,6 +76,10 @@ HANDOFF_INSTRUCTION = (
 )
 CANNOT_TRANSFER = (
     "I'm sorry, I can't transfer you to a person on this line, but I'm happy to keep helping "
+    "you myself."
+)
+TRANSFER_FAILED = (
+    "I'm sorry, I couldn't put you through to a person just now, but I'm happy to keep helping "
     "you myself."
 )
 
@@ -314,7 +328,12 @@ class CallControl(BaseTool):
             return {"transferred": False, "say_to_caller": CANNOT_TRANSFER}
 
         async def transfer() -> None:
-            await self._dial(call.call_sid, number)
+            try:
+                await self._dial(call.call_sid, number)
+            except Exception as exc:  # the caller heard "connecting you": they must hear why not
+                log.error("transfer failed", call_sid=call.call_sid, error=type(exc).__name__)
+                _say(context, TRANSFER_FAILED)
+                return
             log.info("call transferred", call_sid=call.call_sid, to_number=number)
             events = getattr(state, "events", None)
             if events is not None:
@@ -371,32 +390,31 @@ class CallControl(BaseTool):
         caller_name: str | None,
     ) -> dict[str, Any] | None:
         """The lead or ticket asking `team` to call back; None when the agent has no such tool
-        or it failed (the caller is then asked to call again)."""
-        state = _call_state(context)
-        instances = getattr(getattr(state, "tools", None), "instances", {})
-        wanted = Leads if routing.after_hours == "lead" else Crm
-        tool = next((t for t in instances.values() if isinstance(t, wanted)), None)
+        or function enabled, or it failed (the caller is then asked to call again)."""
+        tools = getattr(_call_state(context), "tools", None)
+        wanted, function, key = (
+            (Leads, "create_lead", "lead_id")
+            if routing.after_hours == "lead"
+            else (Crm, "create_ticket", "ticket_id")
+        )
+        tool = tools.enabled(wanted, function) if isinstance(tools, CallTools) else None
         number = caller_number(context)
-        note = f"Callback requested for {team.name}: {reason}"
-        try:
-            if isinstance(tool, Leads) and number is not None:
-                lead = await tool.create_lead(
-                    context, caller_name or "Unknown caller", number, note
-                )
-                return {"lead_id": lead["lead_id"]}
-            if isinstance(tool, Crm):
-                by = f" (caller: {caller_name})" if caller_name else ""
-                ticket = await tool.create_ticket(context, f"Callback: {team.name}", note + by)
-                return {"ticket_id": ticket["ticket_id"]}
-        except Exception as exc:  # the caller still gets an answer; the error type is logged
-            log.error(
-                "callback request failed",
-                after_hours=routing.after_hours,
-                error=type(exc).__name__,
-            )
+        if tool is None or (function == "create_lead" and number is None):
+            log.warning("no tool for the callback request", after_hours=routing.after_hours)
             return None
-        log.warning("no tool for the callback request", after_hours=routing.after_hours)
-        return None
+        note = f"Callback requested for {team.name}: {reason}"
+        if function == "create_lead":
+            result = await tool(
+                context, name=caller_name or "Unknown caller", phone=number, notes=note
+            )
+        else:
+            by = f" (caller: {caller_name})" if caller_name else ""
+            result = await tool(context, subject=f"Callback: {team.name}", description=note + by)
+        # The runner's answer: the tool's result, or a failure it has already reported.
+        answer = json.loads(result)
+        if key not in answer:
+            return None
+        return {key: answer[key]}
 
     async def _dial(self, call_sid: str, number: str) -> None:
         """Redirect the live Twilio call to `<Dial>number</Dial>`."""
@@ -410,11 +428,12 @@ class CallControl(BaseTool):
         twiml = VoiceResponse()
         twiml.dial(number)
         try:
-            await (
-                client.api.v2010.accounts(account_sid)
-                .calls(call_sid)
-                .update_async(twiml=str(twiml))
-            )
+            async with asyncio.timeout(TWILIO_SECONDS):
+                await (
+                    client.api.v2010.accounts(account_sid)
+                    .calls(call_sid)
+                    .update_async(twiml=str(twiml))
+                )
         finally:
             await http.close()
 
@@ -464,6 +483,13 @@ class CallControl(BaseTool):
         task = asyncio.create_task(speak_then_act())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+
+def _say(context: RunContext[Any], sentence: str) -> None:
+    """Have the agent say `sentence` now, as the worker's other fallbacks do (the greeting)."""
+    # A closed session raises: the caller is gone, there is nobody to tell.
+    with contextlib.suppress(RuntimeError):
+        context.session.generate_reply(instructions=f"Say exactly: {sentence}")
 
 
 async def _played(speech: SpeechHandle) -> None:
