@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
 from typing import Any
 
 import asyncpg
@@ -41,6 +43,17 @@ HTTP_TOOL: dict[str, Any] = {
                 "properties": {"order_number": {"type": "string"}},
             },
         },
+    ],
+}
+
+
+# A tool whose config schema takes any keys (as `clock`'s): only the size limit bounds a config.
+OPEN_CONFIG_TOOL: dict[str, Any] = {
+    "name": "Notes",
+    "description": "Reads notes.",
+    "config_schema": {"type": "object"},
+    "functions": [
+        {"name": "read", "description": "Read.", "method": "GET", "url_template": "https://x.test/"}
     ],
 }
 
@@ -313,3 +326,178 @@ async def test_api_keys_are_stored_hashed(registry: RunningRegistry) -> None:
         secret = issued[len("va_") + 13 :]  # after "va_<12-hex prefix>_"
         assert len(secret) >= 32
         assert secret not in dump
+
+
+async def test_a_runtime_config_too_large_for_nats_is_refused_naming_the_field(
+    registry: RunningRegistry,
+) -> None:
+    # Neither config schema forbids extra keys: each binding alone is well under 1 MiB.
+    for name in ("NotesA", "NotesB"):
+        tool = {**OPEN_CONFIG_TOOL, "name": name}
+        created = await registry.request("POST", "/api/v1/tools/platform", json=tool)
+        assert created.status_code == 201, created.text
+    org = await registry.org()
+    key = await registry.org_key(org)
+    agent = await registry.agent(org, key=key)
+    first = await registry.request(
+        "POST",
+        "/api/v1/tools/agent",
+        key=key,
+        json={"agent_id": agent["id"], "tool_name": "NotesA", "config": {"n": "x" * 200_000}},
+    )
+    assert first.status_code == 201, first.text
+    second = {"agent_id": agent["id"], "tool_name": "NotesB", "config": {"n": "x" * 100_000}}
+    body = problem(await registry.request("POST", "/api/v1/tools/agent", key=key, json=second), 422)
+    assert body["field"] == "config"
+    assert "262144" in body["detail"]
+    problem(
+        await registry.request(
+            "PUT",
+            f"/api/v1/tools/agent/{first.json()['id']}",
+            key=key,
+            json={"config": {"n": "x" * 300_000}},
+        ),
+        422,
+        "config",
+    )
+    # A prompt of control characters (6 bytes each in JSON) that fits alone, not with the tool.
+    problem(
+        await registry.request(
+            "PUT",
+            f"/api/v1/agents/{agent['id']}",
+            key=key,
+            json={"system_prompt": "\x01" * 20_000},
+        ),
+        422,
+        "system_prompt",
+    )
+    # Nothing refused was stored: the agent is still at the version of its one binding.
+    current = await registry.request("GET", f"/api/v1/agents/{agent['id']}", key=key)
+    assert current.json()["version"] == 2
+
+
+async def test_credential_placeholders_match_the_tools_auth_type(
+    registry: RunningRegistry,
+) -> None:
+    function = {
+        **HTTP_TOOL["functions"][0],
+        "url_template": "https://{config.shop_domain}/orders/{order_number}?key={secret.api_key}",
+        "headers_template": {"X-Api-Key": "{secret.api_key}"},
+        "body_template": {"auth": {"user": "{secret.user.name}"}},
+    }
+    api_key_tool = {**HTTP_TOOL, "name": "ShopApi", "auth_type": "api_key", "functions": [function]}
+    created = await registry.request("POST", "/api/v1/tools/platform", json=api_key_tool)
+    assert created.status_code == 201, created.text
+    bearer = {
+        **HTTP_TOOL["functions"][0],
+        "headers_template": {"Authorization": "Token {access_token}"},
+    }
+    oauth_tool = {
+        **HTTP_TOOL,
+        "name": "OAuthApi",
+        "auth_type": "oauth2",
+        "oauth_provider": "example",
+        "functions": [bearer],
+    }
+    created = await registry.request("POST", "/api/v1/tools/platform", json=oauth_tool)
+    assert created.status_code == 201, created.text
+
+    # A tool of another auth type gets no such value from tool-vault: the worker could not fill it.
+    for auth, body in (
+        ("none", {**api_key_tool, "name": "NoAuth", "auth_type": "none"}),
+        ("oauth2", {**oauth_tool, "name": "OAuthSecret", "functions": [function]}),
+    ):
+        refused = problem(
+            await registry.request("POST", "/api/v1/tools/platform", json=body),
+            422,
+            "functions[0].url_template",
+        )
+        assert auth in refused["detail"]
+    problem(
+        await registry.request(
+            "POST", "/api/v1/tools/platform", json={**oauth_tool, "auth_type": "api_key"}
+        ),
+        422,
+        "functions[0].headers_template.Authorization",
+    )
+    for bad in ("{secret.}", "{token}", "{secret-key}"):
+        unknown = {**HTTP_TOOL["functions"][0], "headers_template": {"X-Key": bad}}
+        problem(
+            await registry.request(
+                "POST",
+                "/api/v1/tools/platform",
+                json={**api_key_tool, "name": "Unknown", "functions": [unknown]},
+            ),
+            422,
+            "functions[0].headers_template.X-Key",
+        )
+
+
+async def test_nul_characters_are_refused_naming_the_field(registry: RunningRegistry) -> None:
+    org = await registry.org()
+    agent = await registry.agent(org)
+    nul_function = {**HTTP_TOOL["functions"][0], "description": "d\x00"}
+    for method, path, body, field in (
+        ("POST", "/api/v1/organizations", {"name": "o\x00"}, "name"),
+        (
+            "POST",
+            "/api/v1/agents",
+            {"organization_id": org, "name": "a\x00b", "system_prompt": "x"},
+            "name",
+        ),
+        ("PUT", f"/api/v1/agents/{agent['id']}", {"description": "x\x00"}, "description"),
+        (
+            "POST",
+            "/api/v1/knowledge/articles",
+            {"organization_id": org, "title": "t\x00", "body": "hello world"},
+            "title",
+        ),
+        ("POST", "/api/v1/tools/platform", {**HTTP_TOOL, "functions": [nul_function]}, "functions"),
+    ):
+        problem(await registry.request(method, path, json=body), 422, field)
+    tool = await registry.request("POST", "/api/v1/tools/platform", json=OPEN_CONFIG_TOOL)
+    assert tool.status_code == 201, tool.text
+    binding = {"agent_id": agent["id"], "tool_name": "Notes", "config": {"shop": ["a", "b\x00"]}}
+    body = problem(await registry.request("POST", "/api/v1/tools/agent", json=binding), 422)
+    assert (body["field"], body["json_path"]) == ("config", "$.config.shop[1]")
+    problem(await registry.request("GET", "/api/v1/calls/CA%00x"), 404, "call_sid")
+    articles = f"/api/v1/knowledge/articles/organization/{org}"
+    problem(
+        await registry.request("GET", articles, params={"collection": "a\x00"}), 422, "collection"
+    )
+    # A key with a NUL is no key.
+    weird = {"Authorization": "Bearer va_" + "\x00" * 12 + "_" + "a" * 40}
+    problem(await registry.client.get("/api/v1/organizations", headers=weird), 401)
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def test_tampered_cursors_and_mixed_time_zones_are_not_server_errors(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    for path in (
+        f"/api/v1/agents/organization/{org}",
+        f"/api/v1/knowledge/articles/organization/{org}",
+    ):
+        for tampered in (
+            "2024-01-01T00:00:00+00:00|nope",  # not a UUID
+            f"2024-01-01T00:00:00|{uuid.uuid4()}",  # no time zone
+        ):
+            response = await registry.request("GET", path, params={"cursor": _cursor(tampered)})
+            problem(response, 422, "cursor")
+    nul_key = _cursor("2024-01-01T00:00:00+00:00|a\x00")
+    problem(
+        await registry.request("GET", "/api/v1/calls", params={"cursor": nul_key}), 422, "cursor"
+    )
+    # A time without an offset is UTC, also next to one with an offset.
+    mixed = await registry.request(
+        "GET",
+        "/api/v1/calls",
+        params={"since": "2024-01-01T00:00:00", "until": "2024-01-02T00:00:00Z"},
+    )
+    assert mixed.status_code == 200, mixed.text
+    reversed_range = {"since": "2024-01-02T00:00:00+01:00", "until": "2024-01-01T22:00:00"}
+    problem(await registry.request("GET", "/api/v1/calls", params=reversed_range), 422, "since")

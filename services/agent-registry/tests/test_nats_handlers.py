@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from voiceagents.contracts import bus, calls
 from voiceagents.contracts.codec import decode, encode
@@ -38,6 +39,7 @@ from voiceagents.contracts.toolvault import (
     SecretsPutRequest,
 )
 from voiceagents.devstack.servers import NatsServer
+from voiceagents.registry.calllog import CALL_LOG_DURABLE, apply_event
 
 from .conftest import RunningRegistry
 from .test_bad_input import HTTP_TOOL
@@ -413,3 +415,115 @@ async def test_api_key_secrets_go_to_tool_vault_and_never_come_back(
     finally:
         await connection.close()
     assert planted not in repr(rows) + repr(outbox_rows)
+
+
+async def test_a_database_outage_longer_than_five_deliveries_loses_no_call_event(
+    streams: None, nats_ops: NatsClient, start_registry: Any, nats_server: NatsServer
+) -> None:
+    js = nats_ops.jetstream()
+    # The durable as an older release left it: five deliveries, then JetStream gives up.
+    old = ConsumerConfig(
+        name=CALL_LOG_DURABLE,
+        durable_name=CALL_LOG_DURABLE,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=5,
+        ack_wait=30.0,
+        filter_subject=calls.CALLS_SUBJECTS,
+    )
+    await js.add_consumer(calls.CALLS_STREAM, config=old)
+    registry: RunningRegistry = await start_registry()
+
+    async def updated() -> bool:
+        info = await js.consumer_info(calls.CALLS_STREAM, CALL_LOG_DURABLE)
+        return info.config.max_deliver == -1
+
+    await until(updated)
+    org = await registry.org()
+    agent = await registry.agent(org)
+    gateway = await nats.connect(**nats_server.credentials("gateway"))
+    server, database = registry.dsn.rsplit("/", 1)
+    connection = await asyncpg.connect(f"{server}/postgres")
+    try:
+
+        async def publish(sid: str) -> None:
+            event = _event(
+                calls.CallStarted,
+                sid,
+                org,
+                agent["id"],
+                datetime.now(UTC),
+                room=f"call_{sid}",
+                from_number="+14155550111",
+                to_number="+14155550100",
+            )
+            await gateway.jetstream().publish(calls.CALL_STARTED_SUBJECT, encode(event))
+
+        def stored(sid: str) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                response = await registry.request("GET", f"/api/v1/calls/{sid}")
+                return bool(response.status_code == 200)
+
+            return check
+
+        warm_up = f"CA{uuid.uuid4().hex}"
+        await publish(warm_up)
+        await until(stored(warm_up))  # the consumer runs
+
+        # PostgreSQL refuses every connection for 8 s: the old config spent an event's five
+        # deliveries in about 4 s, then dropped it.
+        await connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        await connection.execute(
+            """
+            SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1
+            """,
+            database,
+        )
+        sid = f"CA{uuid.uuid4().hex}"
+        await publish(sid)
+        await asyncio.sleep(8)
+        await connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+        await until(stored(sid))
+        metrics = (await registry.client.get("/metrics")).text
+        assert 'registry_call_events_total{kind="started",outcome="retried"}' in metrics
+    finally:
+        await connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await connection.close()
+        await gateway.close()
+
+
+async def test_a_transcript_turn_applied_after_the_end_is_not_repeated(
+    registry: RunningRegistry,
+) -> None:
+    org = await registry.org()
+    agent = await registry.agent(org)
+    sid = f"CA{uuid.uuid4().hex}"
+    t0 = datetime.now(UTC)
+    hello = calls.TranscriptEntry(role="agent", text="Hello", at=t0)
+    hi = calls.TranscriptEntry(role="caller", text="Hi", at=t0 + timedelta(seconds=1))
+    again = calls.TranscriptEntry(role="caller", text="Hi", at=t0 + timedelta(seconds=3))
+    ended = _event(
+        calls.CallEnded,
+        sid,
+        org,
+        agent["id"],
+        t0 + timedelta(seconds=5),
+        status="completed",
+        ended_by="caller",
+        transcript=[hello, hi],
+        source="worker",
+    )
+    # Stream order is hello, hi, again, ended; `hi` and `again` are applied after the end
+    # (redelivered, or on another replica).
+    order = [
+        _event(calls.TranscriptTurn, sid, org, agent["id"], hello.at, entry=hello),
+        ended,
+        _event(calls.TranscriptTurn, sid, org, agent["id"], hi.at, entry=hi),
+        _event(calls.TranscriptTurn, sid, org, agent["id"], again.at, entry=again),
+    ]
+    for event in order:
+        async with registry.state.pool.acquire() as connection, connection.transaction():
+            assert await apply_event(connection, event)
+    call = (await registry.request("GET", f"/api/v1/calls/{sid}")).json()
+    assert [line["text"] for line in call["transcript"]] == ["Hello", "Hi", "Hi"]

@@ -12,8 +12,9 @@ from nats.js.errors import KeyNotFoundError
 from voiceagents.contracts.agents import AgentRuntimeConfig, PhoneNumberEntry, phone_number_key
 from voiceagents.contracts.codec import decode, encode
 from voiceagents.contracts.registry import REGISTRY_STREAM, RegistryEvent
+from voiceagents.registry import projection
 from voiceagents.registry.metrics import RegistryMetrics
-from voiceagents.registry.projection import KvProjector
+from voiceagents.registry.projection import KvProjector, load_runtime_config
 
 from .conftest import Buckets, RunningRegistry, new_number
 from .test_bad_input import HTTP_TOOL
@@ -268,3 +269,39 @@ async def test_an_org_admin_sees_only_its_organizations(registry: RunningRegistr
     assert [org["id"] for org in listed.json()] == [mine]
     everyone: Any = await registry.request("GET", "/api/v1/organizations")
     assert len(everyone.json()) == 2
+
+
+async def test_rebuilding_kv_during_writes_keeps_new_agents_and_deleted_ones_stay_deleted(
+    registry: RunningRegistry, buckets: Buckets
+) -> None:
+    org = await registry.org()
+    existing = await registry.agent(org, phone_number=new_number())
+    doomed = await registry.agent(org, phone_number=new_number())
+    await registry.settled()
+    assert registry.state.nats is not None
+    projector = await KvProjector.open(registry.state.nats.jetstream(), RegistryMetrics())
+    created: list[dict[str, Any]] = []
+    original = load_runtime_config
+
+    async def racing(connection: Any, agent_id: str) -> Any:
+        """Rebuild's read of PostgreSQL, with the relay's writes landing right after it."""
+        loaded = await original(connection, agent_id)
+        if agent_id == doomed["id"] and not created:
+            # An agent created after rebuild's snapshot, and one deleted after rebuild read it.
+            created.append(await registry.agent(org, phone_number=new_number()))
+            deleted = await registry.request("DELETE", f"/api/v1/agents/{doomed['id']}")
+            assert deleted.status_code == 204
+            await registry.settled()
+            assert await kv_agent(buckets, doomed["id"]) is None
+        return loaded
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(projection, "load_runtime_config", racing)
+        await projector.rebuild(registry.state.pool)
+
+    [new] = created
+    assert await kv_agent(buckets, doomed["id"]) is None
+    assert await kv_number(buckets, doomed["phone_number"]) is None
+    assert await kv_agent(buckets, new["id"]) is not None
+    assert await kv_number(buckets, new["phone_number"]) is not None
+    assert await kv_agent(buckets, existing["id"]) is not None

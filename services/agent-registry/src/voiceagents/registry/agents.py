@@ -29,6 +29,7 @@ from voiceagents.registry.problems import (
     PreconditionFailed,
     VersionConflict,
 )
+from voiceagents.registry.projection import check_runtime_config_size
 from voiceagents.registry.runtime import registry_of
 from voiceagents.registry.schemas import Agent, AgentCreate, AgentPage, AgentUpdate
 
@@ -51,6 +52,8 @@ _UPDATABLE = (
     "max_concurrent_calls",
     "is_active",
 )
+# Agent fields that are part of its runtime config and may be long.
+_PROJECTED_TEXT = ("name", "system_prompt", "greeting", "voice", "model", "language")
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
 
@@ -280,6 +283,10 @@ async def update_agent(
         except asyncpg.UniqueViolationError:
             raise _phone_conflict(changes.get("phone_number")) from None
         assert row is not None
+        if texts := [name for name in _PROJECTED_TEXT if name in changes]:
+            # Alone they always fit; with the tools' configs they may not.
+            longest = max(texts, key=lambda name: len(changes[name]))
+            await check_runtime_config_size(connection, agent_id, longest)
         released = (
             [ReleasedNumber(phone_number=current["phone_number"], version=row["number_version"])]
             if number_moved and current["phone_number"]

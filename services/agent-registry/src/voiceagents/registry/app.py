@@ -50,7 +50,7 @@ from voiceagents.registry.kb_search import KnowledgeSearchHandler
 from voiceagents.registry.logs import REQUEST_ID
 from voiceagents.registry.metrics import RegistryMetrics
 from voiceagents.registry.oauth import AUTH_STATUS_DURABLE, AuthStatusConsumer
-from voiceagents.registry.problems import EXCEPTION_HANDLERS
+from voiceagents.registry.problems import EXCEPTION_HANDLERS, refuse_nul_characters
 from voiceagents.registry.projection import KvProjector
 from voiceagents.registry.readcache import AgentCache
 from voiceagents.registry.relay import OutboxRelay
@@ -290,6 +290,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
         ],
         dependencies={"admin": Provide(authenticate)},
+        before_request=refuse_nul_characters,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[RequestContext],
         lifespan=[lifespan],

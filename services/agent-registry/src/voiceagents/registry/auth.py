@@ -65,6 +65,9 @@ class IssuedKey:
     created_at: datetime
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def _hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -74,7 +77,7 @@ def _split(key: str) -> str | None:
     if not key.startswith(_KEY_PREFIX):
         return None
     prefix, sep, secret = key[len(_KEY_PREFIX) :].partition("_")
-    if not sep or len(prefix) != 12 or len(secret) < 32:
+    if not sep or len(prefix) != 12 or len(secret) < 32 or not _HEX.issuperset(prefix):
         return None
     return prefix
 

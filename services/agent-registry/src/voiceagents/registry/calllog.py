@@ -4,7 +4,8 @@ Events come from the gateway and the worker, in any order and possibly more than
 applied once (its `event_id` is remembered in the same transaction) and every apply is an
 upsert, so a call's row is right whichever event arrives first. Both the gateway and the worker
 report a call's end: the gateway's duration (Twilio's, what is billed) wins, and the longest
-transcript (the worker's) is kept.
+transcript (the worker's) is kept; a transcript turn already in it (same role, text and time) is
+not added again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nats.aio.msg import Msg
 
 from voiceagents.contracts import calls
 from voiceagents.contracts.codec import decode_union
+from voiceagents.registry.consumers import retry_later
 from voiceagents.registry.db import Connection
 from voiceagents.registry.metrics import RegistryMetrics
 
@@ -87,7 +89,17 @@ async def apply_event(connection: Connection, event: calls.CallEvent) -> bool:
             }
             await _append(connection, sid, "tool_invocations", invocation)
         case calls.TranscriptTurn():
-            await _append(connection, sid, "transcript", msgspec.to_builtins(event.entry))
+            # The end event may have brought the whole transcript already (a turn redelivered,
+            # or applied by another replica, after it): a line is there once.
+            await connection.execute(
+                """
+                UPDATE calls SET transcript = transcript || jsonb_build_array($2::jsonb),
+                    updated_at = now()
+                WHERE call_sid = $1 AND NOT transcript @> jsonb_build_array($2::jsonb)
+                """,
+                sid,
+                msgspec.to_builtins(event.entry),
+            )
         case calls.CallTransferred():
             transfer = {"to_number": event.to_number, "reason": event.reason, "at": event.at}
             await _append(connection, sid, "transfers", transfer)
@@ -142,7 +154,8 @@ async def _append(connection: Connection, sid: str, column: str, item: dict[str,
 
 
 class CallLogConsumer:
-    """Handles one message of the CALLS stream: apply, then ack; retry or dead-letter on error."""
+    """Handles one message of the CALLS stream: apply, then ack; retry or dead-letter on error
+    (consumers.py: a database outage never uses a message up)."""
 
     def __init__(self, pool: asyncpg.Pool[Any], metrics: RegistryMetrics) -> None:
         self._pool = pool
@@ -161,12 +174,20 @@ class CallLogConsumer:
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 applied = await apply_event(connection, event)
-        except (asyncpg.PostgresError, OSError) as exc:
-            self._metrics.call_events.labels(kind, "retried").inc()
-            log.warning(
-                "call event not stored; will retry", call_sid=event.call_sid, error=str(exc)
-            )
-            await msg.nak(delay=1.0)
+        # Not stored: retried, or dead-lettered when it is the message's own fault.
+        except Exception as exc:
+            if await retry_later(msg, exc):
+                self._metrics.call_events.labels(kind, "retried").inc()
+                log.warning(
+                    "call event not stored; will retry", call_sid=event.call_sid, error=str(exc)
+                )
+            else:
+                self._metrics.call_events.labels(kind, "rejected").inc()
+                log.error(
+                    "call event cannot be stored; dead-lettered",
+                    call_sid=event.call_sid,
+                    error=str(exc),
+                )
             return
         self._metrics.call_events.labels(kind, "applied" if applied else "duplicate").inc()
         await msg.ack()

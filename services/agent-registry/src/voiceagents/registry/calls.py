@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -47,7 +47,8 @@ async def list_calls(
     cursor: FromQuery[str | None] = None,
 ) -> CallPage:
     """Calls, newest first; filter by organization, agent and start time (`since` inclusive,
-    `until` exclusive). An org admin sees its own organization's calls only."""
+    `until` exclusive; UTC unless they carry an offset). An org admin sees its own
+    organization's calls only."""
     scope = admin.scope()
     if organization_id is not None:
         organization_id = parse_id(organization_id, "organization", "organization_id")
@@ -56,9 +57,12 @@ async def list_calls(
         organization_id = scope
     if agent_id is not None:
         agent_id = parse_id(agent_id, "agent", "agent_id")
+    # A time without an offset is UTC (a mix of both would not even compare).
+    since = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    until = until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
     if since is not None and until is not None and since >= until:
         raise Invalid("since must be before until", field="since")
-    before_at, before_sid = decode_cursor(cursor) if cursor else (None, None)
+    before_at, before_sid = decode_cursor(cursor, uuid_key=False) if cursor else (None, None)
     rows = await registry_of(request).pool.fetch(
         f"""
         SELECT {_SUMMARY} FROM calls

@@ -51,6 +51,11 @@ class RegistryMetrics:
             "Relay passes that stopped on a NATS or PostgreSQL error (retried)",
             registry=self.registry,
         )
+        self.outbox_parked = Counter(
+            "registry_outbox_parked_total",
+            "Outbox events set aside because they can never be published (e.g. over max_payload)",
+            registry=self.registry,
+        )
         self.kv_writes = Counter(
             "registry_kv_writes_total",
             "KV writes by bucket and outcome (put, deleted, skipped_newer, unchanged)",

@@ -34,6 +34,7 @@ from voiceagents.contracts.toolvault import (
 )
 from voiceagents.registry import outbox
 from voiceagents.registry.auth import Admin
+from voiceagents.registry.consumers import retry_later
 from voiceagents.registry.ids import parse_id
 from voiceagents.registry.metrics import RegistryMetrics
 from voiceagents.registry.problems import Invalid, NotFound, Unavailable
@@ -162,9 +163,12 @@ class AuthStatusConsumer:
             return
         try:
             await self._apply(event.agent_tool_id, status, event.event_id)
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("auth status not stored; will retry", error=str(exc))
-            await msg.nak(delay=1.0)
+        # Not stored: retried, or dead-lettered when it is the message's own fault.
+        except Exception as exc:
+            if await retry_later(msg, exc):
+                log.warning("auth status not stored; will retry", error=str(exc))
+            else:
+                log.error("auth status cannot be stored; dead-lettered", error=str(exc))
             return
         await msg.ack()
 

@@ -121,6 +121,52 @@ class Unavailable(ProblemError):
     title = "Service unavailable"
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    """The JSON path (`config.notes`, `functions[0].name`) of the first string holding U+0000."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if "\x00" in key:
+                return where.replace("\x00", "\\u0000")
+            if (found := _nul_at(item, where)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_at(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
+
+
+async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
+    """Before every handler: PostgreSQL text and jsonb cannot hold U+0000, so a NUL in a path
+    parameter (404: it names nothing), a query parameter or a JSON body (422) is refused here,
+    naming the field, rather than failing in the database."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise NotFound(f"{name} contains a NUL character", field=name)
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            name = name.replace("\x00", "\\u0000")
+            raise Invalid(f"{name} contains a NUL character", field=name)
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    body = await request.body()
+    # JSON can only spell U+0000 as this escape (a raw NUL is not JSON: a 400 later).
+    if b"\\u0000" not in body:
+        return
+    try:
+        where = _nul_at(msgspec.json.decode(body), "")
+    except msgspec.DecodeError:
+        return  # not JSON: the body's own decoding answers 400
+    if where is not None:
+        field = re.split(r"[.\[]", where, maxsplit=1)[0] or None
+        raise Invalid(
+            f"{where} contains a NUL character (U+0000)", field=field, json_path=f"$.{where}"
+        )
+
+
 def _request_id(request: Request[Any, Any, Any]) -> str | None:
     value = request.scope.get("state", {}).get("request_id")
     return value if isinstance(value, str) else None

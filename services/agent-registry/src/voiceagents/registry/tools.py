@@ -22,6 +22,7 @@ from voiceagents.registry.auth import Admin, Principal
 from voiceagents.registry.db import Connection
 from voiceagents.registry.ids import parse_id
 from voiceagents.registry.problems import Conflict, Invalid, NotFound
+from voiceagents.registry.projection import check_runtime_config_size
 from voiceagents.registry.runtime import registry_of
 from voiceagents.registry.schemas import (
     AgentTool,
@@ -186,6 +187,8 @@ async def replace_platform_tool(
             """,
             name,
         )
+        for agent in bound:
+            await check_runtime_config_size(connection, agent["id"], "functions")
         await outbox.record(
             connection,
             entity="platform_tool",
@@ -310,6 +313,7 @@ async def create_agent_tool(
                 f"agent {agent_id} already has tool {spec.name!r}", field="tool_name"
             ) from None
         assert row is not None
+        await check_runtime_config_size(connection, agent_id, "config")
         version = await _bump_agent(connection, agent_id)
         await outbox.record(
             connection,
@@ -394,6 +398,7 @@ async def update_agent_tool(
             is_active,
         )
         assert row is not None
+        await check_runtime_config_size(connection, current["agent_id"], "config")
         version = await _bump_agent(connection, current["agent_id"])
         await outbox.record(
             connection,

@@ -3,13 +3,16 @@
 - A tool's config schema and every function's parameters must be valid JSON Schemas (2020-12)
   describing an object.
 - A declarative HTTP function's URL, header and body templates may reference only its declared
-  parameters (`{name}`) and the tool's config keys (`{config.key}`).
+  parameters (`{name}`), the tool's config keys (`{config.key}`) and the credentials the voice
+  worker fills in for the tool's auth type: `{secret.name}` (an `api_key` tool's secrets, as an
+  admin stored them) and `{access_token}` (an `oauth2` tool's token).
 - An agent tool's config must validate against its tool's config schema (the error carries the
   JSON path of the offending value); `unselected_functions` must name functions of the tool.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +20,19 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from voiceagents.contracts.tools import HttpRequestTemplate, PlatformToolSpec, ToolFunctionSpec
+from voiceagents.contracts.tools import (
+    AuthType,
+    HttpRequestTemplate,
+    PlatformToolSpec,
+    ToolFunctionSpec,
+)
 from voiceagents.registry.problems import Invalid
 from voiceagents.registry.schemas import PlatformToolCreate
 
 _URL_SCHEMES = ("https://", "http://", "{config.")
+# The voice worker's executor fills only placeholders of this form (worker/tools/http.py).
+_WORKER_PLACEHOLDER = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_SECRET_NAME = re.compile(r"[A-Za-z0-9_.]+")
 
 
 def check_object_schema(schema: dict[str, Any], field: str) -> None:
@@ -65,13 +76,33 @@ def _walk_strings(value: Any) -> Iterator[str]:
             yield from _walk_strings(item)
 
 
-def _check_template(template: str, field: str, params: set[str], config_keys: set[str]) -> None:
+def _check_template(
+    template: str, field: str, params: set[str], config_keys: set[str], auth_type: AuthType
+) -> None:
     for name in _placeholders(template, field):
+        if not _WORKER_PLACEHOLDER.fullmatch(name):
+            raise Invalid(f"{field}: {{{name}}} is not a placeholder name", field=field)
         if name.startswith("config."):
             if name.removeprefix("config.") not in config_keys:
                 raise Invalid(
                     f"{field} references {{{name}}} but the config schema has no property "
                     f"{name.removeprefix('config.')!r}",
+                    field=field,
+                )
+        elif name.startswith("secret."):
+            if auth_type != "api_key":
+                raise Invalid(
+                    f"{field} references {{{name}}}: only an api_key tool has secrets "
+                    f"(this one is {auth_type})",
+                    field=field,
+                )
+            if not _SECRET_NAME.fullmatch(name.removeprefix("secret.")):
+                raise Invalid(f"{field}: {{{name}}} names no secret", field=field)
+        elif name == "access_token":  # never a model argument, whatever the parameters
+            if auth_type != "oauth2":
+                raise Invalid(
+                    f"{field} references {{access_token}}: only an oauth2 tool has one "
+                    f"(this one is {auth_type})",
                     field=field,
                 )
         elif name not in params:
@@ -106,11 +137,16 @@ def http_tool_spec(data: PlatformToolCreate) -> PlatformToolSpec:
                 "url_template must be an http(s) URL (or start with a {config.key})",
                 field=f"{where}.url_template",
             )
-        _check_template(function.url_template, f"{where}.url_template", params, config_keys)
-        for header, value in function.headers_template.items():
-            _check_template(value, f"{where}.headers_template.{header}", params, config_keys)
-        for value in _walk_strings(function.body_template):
-            _check_template(value, f"{where}.body_template", params, config_keys)
+        templates = [
+            (function.url_template, f"{where}.url_template"),
+            *(
+                (value, f"{where}.headers_template.{header}")
+                for header, value in function.headers_template.items()
+            ),
+            *((value, f"{where}.body_template") for value in _walk_strings(function.body_template)),
+        ]
+        for template, field in templates:
+            _check_template(template, field, params, config_keys, data.auth_type)
         for argument in function.redact_arguments:
             if argument not in params:
                 raise Invalid(
