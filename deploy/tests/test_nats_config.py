@@ -86,3 +86,118 @@ def test_a_missing_password_is_caught(prod: list[Manifest]) -> None:
     container = pod_spec(find(prod, "StatefulSet", "nats"))["containers"][0]
     container["env"] = [e for e in container["env"] if e["name"] != "VA_NATS_WORKER_PASSWORD"]
     assert nats_config_problems(prod) == ["NATS is not given VA_NATS_WORKER_PASSWORD"]
+
+
+# -- JetStream API permissions (docs/architecture.md, "NATS layout") ----------------------------
+#
+# A stream's subjects travel in the body of a create or update request, so a user who may create
+# or update streams at will can capture any subject of the account, secrets included. The
+# services may only create the streams they own (by exact name) and use consumers on the streams
+# they read; updating, deleting or purging streams is for `ops` alone. The server-side checks are
+# in services/tool-vault/tests/test_nats_permissions.py; this reads the file itself.
+
+OWNED_STREAMS = {
+    "registry": {"REGISTRY", "DEADLETTER", "KV_agent-config", "KV_phone-numbers"},
+    "gateway": {"CALLS", "KV_agent-config", "KV_phone-numbers"},
+    "toolvault": {"TOOLVAULT", "CALLS", "KV_agent-config", "KV_phone-numbers"},
+    "worker": {"CALLS"},
+}
+# What a service may do to a stream by API: read it, and make or read consumers on it.
+STREAM_VERBS = {"CREATE", "INFO", "MSG.GET"}
+CONSUMER_VERBS = {"CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT"}
+
+
+def publish_permissions(user: str) -> tuple[list[str], list[str]]:
+    """The publish allow and deny lists of one user in the config."""
+    text = re.sub(r"#[^\n]*", "", CONFIG.read_text())
+    block = text.split(f"user: {user}\n", 1)[1].split("user:", 1)[0]
+    publish = block.split("publish", 1)[1].split("subscribe", 1)[0]
+    lists = {
+        kind: re.findall(r'"([^"]+)"', found.group(1)) if found else []
+        for kind in ("allow", "deny")
+        for found in [re.search(kind + r":\s*\[(.*?)\]", publish, re.S)]
+    }
+    return lists["allow"], lists["deny"]
+
+
+def jetstream_problems(user: str, allowed: list[str]) -> list[str]:
+    problems = []
+    for subject in allowed:
+        if not subject.startswith("$JS."):
+            continue
+        parts = subject.split(".")
+        if parts[1] in ("ACK", "FC"):
+            if len(parts) < 4 or "*" in parts[2] or ">" in parts[2]:
+                problems.append(f"{user} may ack or flow-control any stream: {subject}")
+            continue
+        api = ".".join(parts[1:])
+        match = re.fullmatch(
+            r"API\.(STREAM|CONSUMER|DIRECT)\.(MSG\.GET|MSG\.NEXT|DURABLE\.CREATE|GET|[A-Z]+)\.([^.]+)(\..*)?",
+            api,
+        )
+        if match is None:
+            problems.append(f"{user} may use {subject}")
+            continue
+        kind, verb, stream, _ = match.groups()
+        if stream in ("*", ">"):
+            problems.append(f"{user} may use {kind} {verb} on any stream: {subject}")
+        elif kind == "STREAM" and verb not in STREAM_VERBS:
+            problems.append(f"{user} may {verb} stream {stream}")
+        elif kind == "STREAM" and verb == "CREATE" and stream not in OWNED_STREAMS[user]:
+            problems.append(f"{user} may create stream {stream}, which it does not own")
+        elif kind == "CONSUMER" and verb not in CONSUMER_VERBS:
+            problems.append(f"{user} may {verb} consumers of {stream}")
+        elif kind == "DIRECT" and verb != "GET":
+            problems.append(f"{user} may use {subject}")
+    return problems
+
+
+@pytest.mark.parametrize("user", sorted(OWNED_STREAMS))
+def test_services_use_only_the_jetstream_api_of_their_streams(user: str) -> None:
+    allowed, _ = publish_permissions(user)
+    assert jetstream_problems(user, allowed) == []
+    creatable = {
+        s.removeprefix("$JS.API.STREAM.CREATE.")
+        for s in allowed
+        if s.startswith("$JS.API.STREAM.CREATE.")
+    }
+    assert creatable == OWNED_STREAMS[user]
+
+
+def test_the_whole_jetstream_api_is_caught() -> None:
+    assert jetstream_problems("gateway", ["$JS.API.>"]) == ["gateway may use $JS.API.>"]
+    assert jetstream_problems("worker", ["$JS.API.STREAM.UPDATE.CALLS"]) == [
+        "worker may UPDATE stream CALLS"
+    ]
+    assert jetstream_problems("worker", ["$JS.API.STREAM.CREATE.*"]) == [
+        "worker may use STREAM CREATE on any stream: $JS.API.STREAM.CREATE.*"
+    ]
+    assert jetstream_problems("gateway", ["$JS.API.STREAM.CREATE.SNOOP"]) == [
+        "gateway may create stream SNOOP, which it does not own"
+    ]
+    assert jetstream_problems("registry", ["$JS.API.CONSUMER.DELETE.CALLS.x"]) == [
+        "registry may DELETE consumers of CALLS"
+    ]
+    assert jetstream_problems("worker", ["$JS.ACK.>"]) == [
+        "worker may ack or flow-control any stream: $JS.ACK.>"
+    ]
+
+
+def test_the_registrys_consumers_are_named_as_in_its_code() -> None:
+    # The config lets the registry use its durable consumers by name and denies them to
+    # tool-vault, which reads CALLS too: a renamed consumer must be renamed there as well.
+    source = ROOT / "services" / "agent-registry" / "src" / "voiceagents" / "registry"
+    names = set()
+    for module, constant in (
+        ("calllog.py", "CALL_LOG_DURABLE"),
+        ("oauth.py", "AUTH_STATUS_DURABLE"),
+    ):
+        found = re.search(rf'^{constant} = "([^"]+)"$', (source / module).read_text(), re.M)
+        assert found is not None, f"{constant} not in {module}"
+        names.add(found.group(1))
+    allowed, _ = publish_permissions("registry")
+    named = {s.split(".")[-1] for s in allowed if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")}
+    assert named == names
+    _, denied = publish_permissions("toolvault")
+    assert "$JS.API.CONSUMER.*.CALLS.registry-call-log" in denied
+    assert names & {s.split(".")[-1] for s in denied} == {"registry-call-log"}
