@@ -424,4 +424,11 @@ async def booking_call(
         await call.say(GOODBYE_LINE)
         await call.wait_for_agent_line(after=heard, timeout=30)
         await call.hang_up()
+        # Both ends are part of the story: Twilio's (through the gateway) and the worker's.
+        for source in ("gateway", "worker"):
+            await call.wait_for_event(_ended_by(source), timeout=15)
         return call.call_sid
+
+
+def _ended_by(source: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event.get("kind") == "ended" and event.get("source") == source
