@@ -143,13 +143,10 @@ async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
     """Before every handler: PostgreSQL text and jsonb cannot hold U+0000, so a NUL in a path
     parameter (404: it names nothing), a query parameter or a JSON body (422) is refused here,
     naming the field, rather than failing in the database."""
-    for name, value in request.path_params.items():
-        if isinstance(value, str) and "\x00" in value:
-            raise NotFound(f"{name} contains a NUL character", field=name)
-    for name, value in request.query_params.multi_items():
-        if "\x00" in name or "\x00" in value:
-            name = name.replace("\x00", "\\u0000")
-            raise Invalid(f"{name} contains a NUL character", field=name)
+    scope = request.scope
+    # Every GET passes here: look at the raw path and query first, parse them only on a hit.
+    if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+        _refuse_nul_in_path_or_query(request)
     if request.method not in ("POST", "PUT", "PATCH"):
         return
     body = await request.body()
@@ -165,6 +162,16 @@ async def refuse_nul_characters(request: Request[Any, Any, Any]) -> None:
         raise Invalid(
             f"{where} contains a NUL character (U+0000)", field=field, json_path=f"$.{where}"
         )
+
+
+def _refuse_nul_in_path_or_query(request: Request[Any, Any, Any]) -> None:
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise NotFound(f"{name} contains a NUL character", field=name)
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            name = name.replace("\x00", "\\u0000")
+            raise Invalid(f"{name} contains a NUL character", field=name)
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str | None:
