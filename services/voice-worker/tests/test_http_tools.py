@@ -328,8 +328,8 @@ async def test_a_model_argument_named_with_a_dot_is_still_encoded(
     assert (request.headers["host"], request.url.raw_path.decode()) == (host, path)
 
 
-@pytest.mark.parametrize("argument", [".", ".."])
-async def test_a_dot_segment_argument_is_refused_not_resolved_away(
+@pytest.mark.parametrize("argument", [".", "..", ""])
+async def test_a_path_argument_naming_another_resource_is_refused(
     recorded: tuple[HttpToolExecutor, list[httpx.Request]], argument: str
 ) -> None:
     executor, seen = recorded
@@ -338,7 +338,8 @@ async def test_a_dot_segment_argument_is_refused_not_resolved_away(
     binding = FunctionBinding(tool_name="orders", agent_tool_id="at-orders", function="orders")
     spec = orders("https://api.example.com/orders/{id}", "id")
 
-    # httpx would send "/orders/.." as "/": another resource than the template names.
+    # httpx would send "/orders/.." as "/", and "/orders/" is the whole collection: other
+    # resources than the one the template names.
     result = await runner.run(
         binding, None, {"id": argument}, lambda: executor.execute(spec, {}, None, {"id": argument})
     )
@@ -347,3 +348,16 @@ async def test_a_dot_segment_argument_is_refused_not_resolved_away(
     assert json.loads(result)["say_to_caller"] == FAILED_SENTENCE
     [report] = reports
     assert report.outcome == "refused"
+
+
+async def test_an_empty_argument_in_the_query_is_sent(
+    recorded: tuple[HttpToolExecutor, list[httpx.Request]],
+) -> None:
+    executor, seen = recorded
+
+    await executor.execute(
+        orders("https://api.example.com/orders?name={name}", "name"), {}, None, {"name": ""}
+    )
+
+    [request] = seen
+    assert request.url.raw_path.decode() == "/orders?name="

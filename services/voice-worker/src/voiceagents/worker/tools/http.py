@@ -4,7 +4,8 @@ A function's `HttpRequestTemplate` names placeholders: `{config.key}` for the ag
 non-secret config, `{secret.name}` and `{access_token}` for the credentials tool-vault released for
 this call, and any other name (`{id}`, `{customer.id}`) for the model's arguments. Admin values are
 used as written; arguments in the URL are always percent-encoded (they cannot add a path segment, a
-query parameter or a host), and one that is a dot segment (`.`, `..`) is refused. A body value that
+query parameter or a host), and one that is a dot segment (`.`, `..`), or empty in the path, is
+refused. A body value that
 is exactly one placeholder keeps the argument's JSON type.
 
 Where a request may go is decided by the client's SSRF guard (`ssrf.guarded_client`): every
@@ -170,6 +171,10 @@ def _fill(template: str, values: _Values, *, encode: bool = False) -> str:
         # climb out of the path the template names.
         if text in _DOT_SEGMENTS:
             raise ArgumentRefused(f"argument {{{name}}} is a dot segment")
+        query_at = template.find("?")
+        if not text and (query_at < 0 or match.start() < query_at):
+            # "/orders/{id}" with no id is "/orders/": the whole collection, not one order.
+            raise ArgumentRefused(f"argument {{{name}}} is empty in the URL's path")
         return quote(text, safe="")
 
     return _PLACEHOLDER.sub(replace, template)
