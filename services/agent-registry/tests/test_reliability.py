@@ -20,6 +20,7 @@ from voiceagents.contracts import bus
 from voiceagents.contracts.agents import AGENT_CONFIG_BUCKET, AgentRuntimeConfig
 from voiceagents.contracts.codec import decode, encode
 from voiceagents.contracts.mirror import ConfigMirror
+from voiceagents.contracts.registry import REGISTRY_STREAM
 from voiceagents.devstack.servers import NatsServer, free_port
 from voiceagents.registry.metrics import RegistryMetrics
 from voiceagents.registry.projection import KvProjector
@@ -216,3 +217,37 @@ async def test_an_older_version_never_replaces_a_newer_one(nats_ops: nats.NATS) 
             await changed.wait()
     finally:
         await mirror.stop()
+
+
+async def test_a_stream_made_by_someone_else_keeps_the_registry_off_nats_without_leaking(
+    own_nats: NatsServer, start_registry: Any
+) -> None:
+    ops = await nats.connect(**own_nats.credentials("ops"))
+    try:
+        # REGISTRY made first by someone else, also capturing the API-key secrets' subject.
+        tampered = bus.stream_config(REGISTRY_STREAM)
+        tampered.subjects = [*(tampered.subjects or []), "toolvault.v1.secrets.put"]
+        await ops.jetstream().add_stream(tampered)
+        registry: RunningRegistry = await start_registry(nats=own_nats)
+        await asyncio.sleep(3.5)  # a few of the registry's one-second retries
+
+        not_ready = await registry.client.get("/readyz")
+        connections = await registry_connections(own_nats)
+        await ops.jetstream().delete_stream(REGISTRY_STREAM)
+        async with asyncio.timeout(30):
+            while True:  # the registry makes the stream itself and connects
+                if (await registry.client.get("/readyz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        await ops.close()
+
+    assert not_ready.status_code == 503 and not_ready.json()["nats"] is False
+    # Each retry's connection is closed again, not left open.
+    assert connections <= 1
+
+
+async def registry_connections(server: NatsServer) -> int:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{server.monitor_port}/connz?auth=true")
+    return sum(c.get("authorized_user") == "registry" for c in response.json()["connections"])

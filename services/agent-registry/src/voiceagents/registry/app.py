@@ -23,6 +23,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from nats.aio.client import Client as NatsClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voiceagents.contracts import bus
@@ -148,21 +149,29 @@ async def _nats_work(registry: Registry) -> None:
     """Connect to NATS (retrying until it answers), then run everything that uses it."""
     settings = registry.settings
     while True:
+        connection: NatsClient | None = None
         try:
-            nc = await bus.connect(
+            connection = await bus.connect(
                 settings.nats_url, "registry", settings.nats_password, name="registry"
             )
-            js = nc.jetstream()
+            js = connection.jetstream()
             await bus.ensure_stream(js, REGISTRY_STREAM)
             await bus.ensure_stream(js, bus.DEADLETTER_STREAM)
             await bus.ensure_buckets(js)
             projector = await KvProjector.open(js, registry.metrics)
+            nc = connection
             break
         except asyncio.CancelledError:
             raise
+        except bus.StreamTamperedError as exc:
+            # Not an outage: someone else made the stream. Retry until an operator fixes it.
+            log.error("JetStream stream refused; retrying", error=str(exc))
         except Exception as exc:
             log.warning("NATS not reachable yet; retrying", error=str(exc))
-            await asyncio.sleep(_NATS_RETRY_SECONDS)
+        if connection is not None:  # a fresh connection per attempt: do not leave this one open
+            with contextlib.suppress(Exception):
+                await connection.close()
+        await asyncio.sleep(_NATS_RETRY_SECONDS)
     registry.nats = nc
     registry.relay = OutboxRelay(settings.dsn, registry.pool, js, projector, registry.metrics)
     await nc.subscribe(
