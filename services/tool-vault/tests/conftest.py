@@ -176,6 +176,25 @@ async def put_secrets(
     return decode(message.data, SecretsPutReply)
 
 
+@dataclass(frozen=True)
+class LiveCall:
+    """A call in progress for an agent whose CRM tool has a stored API key."""
+
+    agent: AgentRuntimeConfig
+    crm: ToolBinding
+    call_sid: str
+    grant: str
+
+
+async def live_call_with_api_key(agents: Agents, registry: NatsClient) -> LiveCall:
+    crm = binding("api_key")
+    agent = await agents.create(tools=[crm])
+    await put_secrets(registry, agent, crm.agent_tool_id, {"token": "t"})
+    call_sid = "CA" + uuid.uuid4().hex
+    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id, call_sid=call_sid)
+    return LiveCall(agent=agent, crm=crm, call_sid=call_sid, grant=grant)
+
+
 async def audit_events(nats_ops: NatsClient, org_id: str, count: int) -> list[AnyToolVaultEvent]:
     """The first `count` audit events of this org on the TOOLVAULT stream, as the registry sees
     them (waits for tool-vault's background publishes)."""

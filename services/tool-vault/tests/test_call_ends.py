@@ -27,6 +27,7 @@ from .conftest import (
     Agents,
     Worker,
     binding,
+    live_call_with_api_key,
     make_settings,
     put_secrets,
     sign_grant,
@@ -139,11 +140,8 @@ async def test_a_deleted_call_end_consumer_is_replaced_without_missing_an_end(
     toolvault: ToolVault,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    crm = binding("api_key")
-    agent = await agents.create(tools=[crm])
-    await put_secrets(registry, agent, crm.agent_tool_id, {"token": "t"})
-    call_sid = "CA" + uuid.uuid4().hex
-    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id, call_sid=call_sid)
+    call = await live_call_with_api_key(agents, registry)
+    agent, crm, call_sid, grant = call.agent, call.crm, call.call_sid, call.grant
     js = nats_ops.jetstream()
     prefix = consumer_prefix(toolvault.settings.instance_id)
     mine = [c.name for c in await js.consumers_info(CALLS_STREAM) if c.name.startswith(prefix)]
@@ -191,11 +189,8 @@ async def test_an_unreadable_call_end_is_skipped_and_later_ends_still_revoke(
     toolvault: ToolVault,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    crm = binding("api_key")
-    agent = await agents.create(tools=[crm])
-    await put_secrets(registry, agent, crm.agent_tool_id, {"token": "t"})
-    call_sid = "CA" + uuid.uuid4().hex
-    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id, call_sid=call_sid)
+    call = await live_call_with_api_key(agents, registry)
+    agent, crm, call_sid, grant = call.agent, call.crm, call.call_sid, call.grant
     js = nats_ops.jetstream()
 
     # Not JSON: it must neither stop the follower nor be read again and again.

@@ -24,7 +24,15 @@ from voiceagents.contracts.calls import (
 from voiceagents.contracts.codec import decode, encode
 from voiceagents.toolvault.app import ToolVault
 
-from .conftest import Agents, Worker, binding, put_secrets, sign_grant, until_revoked
+from .conftest import (
+    Agents,
+    Worker,
+    binding,
+    live_call_with_api_key,
+    put_secrets,
+    sign_grant,
+    until_revoked,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -178,11 +186,8 @@ async def test_after_the_call_ends_its_grant_is_refused_as_call_ended(
     how: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    crm = binding("api_key")
-    agent = await agents.create(tools=[crm])
-    await put_secrets(registry, agent, crm.agent_tool_id, {"token": "t"})
-    call_sid = "CA" + uuid.uuid4().hex
-    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id, call_sid=call_sid)
+    call = await live_call_with_api_key(agents, registry)
+    agent, crm, call_sid, grant = call.agent, call.crm, call.call_sid, call.grant
     assert (await worker.request(grant, [crm.agent_tool_id])).error is None
 
     js = nats_ops.jetstream()
