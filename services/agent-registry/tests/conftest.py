@@ -46,7 +46,6 @@ def make_settings(dsn: str, nats_server: NatsServer, **overrides: Any) -> Settin
         "grant_public_keys": json.loads(GRANT_KEYS["VA_REGISTRY_GRANT_PUBLIC_KEYS"]),
         "nats_url": nats_server.url,
         "nats_password": nats_server.passwords["registry"],
-        "auth_cache_seconds": 0.0,
     }
     values.update(overrides)
     return Settings(**values)

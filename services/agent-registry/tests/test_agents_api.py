@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from voiceagents.registry.agents import AnswerFromMemory
+
 from .conftest import RunningRegistry, new_number
 
 pytestmark = pytest.mark.integration
@@ -218,3 +220,86 @@ async def test_a_revoked_key_stops_working_and_keys_are_listed_without_secrets(
     assert (await registry.request("GET", "/api/v1/organizations", key=keeper)).status_code == 200
     after = (await registry.request("GET", keys_path, key=keeper)).json()
     assert [k["revoked_at"] is not None for k in after] == [True, False]
+
+
+async def test_a_repeated_read_is_answered_from_memory_exactly_as_the_handler_answers_it(
+    registry: RunningRegistry,
+) -> None:
+    mine, theirs = await registry.org(), await registry.org()
+    key = await registry.org_key(mine)
+    own = await registry.agent(mine, key=key, phone_number=new_number())
+    other = await registry.agent(theirs)
+    passed_on: list[str] = []
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        passed_on.append(scope["path_params"]["agent_id"])
+
+    async def read(
+        agent_id: str, key: str | None, query: bytes = b""
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """What AnswerFromMemory sent; None when it passed the request on to the handler."""
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": f"/api/v1/agents/{agent_id}",
+            "query_string": query,
+            "headers": [(b"authorization", f"Bearer {key}".encode())] if key else [],
+            "path_params": {"agent_id": agent_id},
+            "app": registry.app,
+            "state": {},
+        }
+        before = len(passed_on)
+        await AnswerFromMemory(handler)(scope, None, send)  # type: ignore[arg-type]
+        if len(passed_on) > before:
+            assert sent == []
+            return None
+        start, body = sent
+        headers = sorted((name.decode(), value.decode()) for name, value in start["headers"])
+        return start["status"], headers, body["body"]
+
+    def without_request_id(response: Any) -> list[tuple[str, str]]:
+        return sorted((n, v) for n, v in response.headers.items() if n != "x-request-id")
+
+    assert await read(own["id"], key) is None  # neither the key nor the agent is known yet
+    first = await registry.request("GET", f"/api/v1/agents/{own['id']}", key=key)
+    assert first.status_code == 200
+    # From here on the key and the agent are in memory: the same answer, byte for byte.
+    assert await read(own["id"], key) == (200, without_request_id(first), first.content)
+    again = await registry.request("GET", f"/api/v1/agents/{own['id']}", key=key)
+    assert (again.content, without_request_id(again)) == (first.content, without_request_id(first))
+    assert again.headers["x-request-id"] != first.headers["x-request-id"]
+
+    # Whatever memory alone cannot decide goes on to the handler, which decides it.
+    assert (await registry.request("GET", f"/api/v1/agents/{other['id']}")).status_code == 200
+    unknown_key = "va_0123456789ab_" + "x" * 43
+    for agent_id, caller, query in (
+        (other["id"], key, b""),  # another organization's agent: the handler's 404
+        (own["id"], unknown_key, b""),  # a key never verified
+        (own["id"], None, b""),  # no key
+        (own["id"].upper(), key, b""),  # not the canonical id the cache knows
+        (own["id"], key, b"fields=name"),
+    ):
+        assert await read(agent_id, caller, query) is None, (agent_id, caller, query)
+    assert (
+        await registry.request("GET", f"/api/v1/agents/{other['id']}", key=key)
+    ).status_code == 404
+    assert (
+        await registry.request("GET", f"/api/v1/agents/{own['id']}", key=unknown_key)
+    ).status_code == 401
+
+    # A change drops the agent from memory; the next read is the handler's, with the change.
+    renamed = await registry.request(
+        "PUT", f"/api/v1/agents/{own['id']}", key=key, json={"name": "Renamed"}
+    )
+    assert renamed.json()["version"] == 2
+    assert await read(own["id"], key) is None
+    fresh = await registry.request("GET", f"/api/v1/agents/{own['id']}", key=key)
+    assert fresh.json()["name"] == "Renamed"
+    answered = await read(own["id"], key)
+    assert answered is not None and answered[2] == fresh.content
+    assert ("etag", '"2"') in answered[1]

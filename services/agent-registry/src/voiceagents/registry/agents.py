@@ -16,6 +16,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from voiceagents.registry import outbox
 from voiceagents.registry.auth import Admin, Principal
@@ -30,7 +31,7 @@ from voiceagents.registry.problems import (
     VersionConflict,
 )
 from voiceagents.registry.projection import check_runtime_config_size
-from voiceagents.registry.runtime import registry_of
+from voiceagents.registry.runtime import Registry, registry_of
 from voiceagents.registry.schemas import Agent, AgentCreate, AgentPage, AgentUpdate
 
 AGENT_COLUMNS = """
@@ -222,14 +223,49 @@ async def list_agents(
     return AgentPage(items=items, next_cursor=next_cursor)
 
 
-@get("/api/v1/agents/{agent_id:str}", tags=["agents"])
+class AnswerFromMemory:
+    """Answers `GET /api/v1/agents/{id}` ahead of Litestar's handling when both the caller's
+    key and the agent are already in memory: the registry's hottest request, at under half
+    the CPU (no dependency injection, signature model or response building).
+
+    It only ever answers 200 with what `get_agent` would send. Anything it cannot decide from
+    memory (a key not verified recently, an agent not cached, another organization's agent,
+    a query string) goes on to `get_agent`, which verifies, reads PostgreSQL, fills both
+    caches and makes every error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        registry: Registry = scope["app"].state.registry
+        cached = (
+            None if scope["query_string"] else registry.agents.get(scope["path_params"]["agent_id"])
+        )
+        if cached is not None:
+            authorization = next(
+                (value for name, value in scope["headers"] if name == b"authorization"), b""
+            )
+            admin = registry.keys.remembered(authorization.decode("latin-1"))
+            if admin is not None and admin.scope() in (None, cached.agent.organization_id):
+                scope["state"]["key_id"] = admin.key_id
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": cached.headers}
+                )
+                await send({"type": "http.response.body", "body": cached.body, "more_body": False})
+                return
+        await self.app(scope, receive, send)
+
+
+@get("/api/v1/agents/{agent_id:str}", tags=["agents"], middleware=[AnswerFromMemory])
 async def get_agent(
     request: Request[Any, Any, Any], admin: Admin, agent_id: FromPath[str]
 ) -> Response[Agent]:
     agent_id = parse_id(agent_id, "agent")
     registry = registry_of(request)
-    agent = registry.agents.get(agent_id)
-    if agent is None:
+    cached = registry.agents.get(agent_id)
+    if cached is not None:
+        agent = cached.agent
+    else:
         generation = registry.agents.generation
         row = await registry.pool.fetchrow(
             f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND deleted_at IS NULL",  # noqa: S608 - constant columns

@@ -72,6 +72,14 @@ def _hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def _bearer_key(authorization: str | None) -> str:
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
+    return key
+
+
 def _split(key: str) -> str | None:
     """The lookup prefix of a well-formed key, else None."""
     if not key.startswith(_KEY_PREFIX):
@@ -126,17 +134,12 @@ class KeyVerifier:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
 
     async def verify(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
-        scheme, _, key = authorization.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise Unauthorized("send the API key as `Authorization: Bearer <key>`")
+        key = _bearer_key(authorization)
         digest = _hash(key)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        remembered = self._remembered(digest, now)
+        if remembered is not None:
+            return remembered
         prefix = _split(key)
         if prefix is None:
             raise Unauthorized("the API key is not valid")
@@ -156,6 +159,19 @@ class KeyVerifier:
             self._cache.clear()
         self._cache[digest] = (principal, now + self._cache_seconds)
         return principal
+
+    def remembered(self, authorization: str) -> Principal | None:
+        """The caller of a key verified within the last `cache_seconds`, from memory alone;
+        None for any other header (`verify` then decides)."""
+        try:
+            key = _bearer_key(authorization)
+        except Unauthorized:
+            return None
+        return self._remembered(_hash(key), time.monotonic())
+
+    def _remembered(self, digest: bytes, now: float) -> Principal | None:
+        cached = self._cache.get(digest)
+        return cached[0] if cached is not None and cached[1] > now else None
 
     def forget(self) -> None:
         """Drop every remembered key (after a revocation on this replica)."""

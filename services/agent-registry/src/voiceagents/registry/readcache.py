@@ -10,14 +10,19 @@ they are conditional on the version.
 While the listening connection is down (start-up, PostgreSQL restart) the cache is off and every
 read goes to PostgreSQL, so a missed notification can never leave a stale entry behind. A read
 that raced with a notification does not store what it read.
+
+Each entry keeps its `GET` response body and headers, encoded once when stored, for
+`agents.AnswerFromMemory`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from voiceagents.registry.db import connect_one
@@ -30,14 +35,33 @@ _LIMIT = 50_000
 _RETRY_SECONDS = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class CachedAgent:
+    """An agent and its `GET` response, encoded once when it is cached."""
+
+    agent: Agent
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+    @classmethod
+    def of(cls, agent: Agent) -> CachedAgent:
+        body = msgspec.json.encode(agent)
+        headers = [
+            (b"etag", b'"%d"' % agent.version),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        return cls(agent=agent, body=body, headers=headers)
+
+
 class AgentCache:
     def __init__(self) -> None:
-        self._agents: dict[str, Agent] = {}
+        self._agents: dict[str, CachedAgent] = {}
         self._live = False
         # Bumped on every invalidation; a read stores its row only if it did not move.
         self.generation = 0
 
-    def get(self, agent_id: str) -> Agent | None:
+    def get(self, agent_id: str) -> CachedAgent | None:
         return self._agents.get(agent_id) if self._live else None
 
     def store(self, agent: Agent, generation: int) -> None:
@@ -45,7 +69,7 @@ class AgentCache:
             return
         if len(self._agents) >= _LIMIT:
             self._agents.clear()
-        self._agents[agent.id] = agent
+        self._agents[agent.id] = CachedAgent.of(agent)
 
     def invalidate(self, agent_id: str) -> None:
         self.generation += 1
