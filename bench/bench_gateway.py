@@ -4,7 +4,10 @@
 Open-loop load (requests leave on schedule whether or not earlier ones were answered) at 50 and
 200 calls/s for 30 s each, every call a new CallSid to a bound number, so every request creates
 a LiveKit room with an agent dispatch. Then the floor: the same rate of requests that only get
-their signature checked (a forged signature, answered 403 before any work). The breakdown of
+their signature checked (a forged signature, answered 403 before any work). And LiveKit alone:
+the same 200 rooms/s, each with its dispatch and deleted 2 s later, created by the gateway's own
+LiveKit client (`CallRooms`) in this process with no gateway at all: the part of the webhook's
+latency no gateway can remove on this machine. The breakdown of
 where the time goes comes from the gateway's own stage histograms (/metrics). The gateway
 process's CPU time per call (Linux /proc) is reported too: on a shared machine it says more
 about the gateway's own cost than latency does, and the 1-minute load average says how shared.
@@ -26,6 +29,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -44,6 +48,7 @@ from voiceagents.contracts.agents import (
     PhoneNumberEntry,
     phone_number_key,
 )
+from voiceagents.contracts.calls import CallContext
 from voiceagents.contracts.codec import encode
 from voiceagents.devstack.servers import (
     NATS_USERS,
@@ -51,6 +56,7 @@ from voiceagents.devstack.servers import (
     NatsServer,
     free_port,
 )
+from voiceagents.gateway.rooms import CallRooms
 
 PUBLIC_BASE_URL = "https://voice.example.com"
 INCOMING = "/api/v1/voice/twilio/incoming"
@@ -148,6 +154,57 @@ async def load(
         tasks.append(asyncio.create_task(one(body, signature, ended)))
     async with asyncio.timeout(seconds + 30):
         await asyncio.gather(*tasks)
+    return run
+
+
+async def livekit_alone(livekit: LiveKitServer, rate: float, seconds: float) -> Run:
+    """Open-loop CreateRoom (with the agent dispatch) at `rate`, each room deleted CALL_SECONDS
+    later, through the gateway's LiveKit client and nothing else."""
+    rooms = CallRooms(
+        url=livekit.url,
+        api_key=livekit.api_key,
+        api_secret=livekit.api_secret,
+        agent_name="voice-agent",
+        empty_timeout_seconds=60,
+        request_timeout_seconds=10,
+    )
+    run = Run()
+
+    async def one(call: CallContext) -> None:
+        started = time.perf_counter()
+        try:
+            await rooms.create(call, grant="x" * 400)  # about a real grant's length
+            run.latencies_ms.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(CALL_SECONDS)
+            await rooms.delete(call.room)
+        except Exception:
+            run.errors += 1
+
+    calls = [
+        CallContext(
+            call_sid=f"CA{uuid.uuid4().hex}",
+            room=f"call_CA{uuid.uuid4().hex}",
+            org_id="bench-org",
+            agent_id="bench-agent",
+            agent_version=1,
+            from_number="+14155550100",
+            to_number="+15550000000",
+            started_at=datetime.now(UTC),
+        )
+        for _ in range(int(rate * seconds))
+    ]
+    tasks = []
+    start = time.perf_counter()
+    try:
+        for i, call in enumerate(calls):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(call)))
+        async with asyncio.timeout(seconds + 30):
+            await asyncio.gather(*tasks)
+    finally:
+        await rooms.aclose()
     return run
 
 
@@ -264,6 +321,7 @@ async def bench(seconds: float) -> None:
         finally:
             process.terminate()
             process.wait(20)
+        livekit_only = await livekit_alone(livekit, 200, seconds)
     del before
     figures = {
         "webhook_p50_ms_50cps": percentile(at50.latencies_ms, 50),
@@ -272,6 +330,9 @@ async def bench(seconds: float) -> None:
         "webhook_p99_ms_200cps": percentile(at200.latencies_ms, 99),
         "webhook_max_ms_200cps": max(at200.latencies_ms),
         "webhook_errors": float(at50.errors + at200.errors),
+        "livekit_only_p50_ms_200cps": percentile(livekit_only.latencies_ms, 50),
+        "livekit_only_p99_ms_200cps": percentile(livekit_only.latencies_ms, 99),
+        "livekit_only_errors": float(livekit_only.errors),
         "signature_only_p99_ms": percentile(floor.latencies_ms, 99),
         "signature_only_p50_ms": percentile(floor.latencies_ms, 50),
         # Incoming webhook + its status callback + the LiveKit and NATS requests they make.
