@@ -8,6 +8,9 @@ bindings in its KV mirror, reads two tools' secrets (one API key, one OAuth toke
 backend, seals the reply; the worker opens the sealed box. Open-loop load (requests leave on
 schedule whether or not earlier ones were answered) at 500 req/s for 20 s, once per backend.
 An error is any reply with an error or a tool error, a timeout, or a box that does not open.
+First the floor: the same rate of release-sized requests from the same client to a responder
+process that only echoes them (`nats_echo_*`), what NATS and nats-py cost on this machine before
+tool-vault does anything.
 
 Run: `make bench-toolvault` (or `.venv/bin/python bench/bench_toolvault.py [--seconds 20]`).
 """
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import secrets
 import subprocess
@@ -26,6 +30,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Coroutine
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.public import PrivateKey, SealedBox
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -218,9 +225,18 @@ async def load(
         latencies.append((time.perf_counter() - started) * 1000)
         errors += not ok
 
+    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
+    total = await open_loop(rate, seconds, one)
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+    await nc.close()
+    return Run(latencies, errors, server_cpu * 1000 / total, client_cpu * 1000 / total)
+
+
+async def open_loop(rate: int, seconds: float, one: Callable[[int], Coroutine[None, None, None]]) -> int:
+    """Start `one(i)` on schedule, `rate` a second for `seconds`, whether or not earlier ones
+    were answered; wait for all. Returns how many were started."""
     total = int(rate * seconds)
     tasks = []
-    server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
     start = time.perf_counter()
     for i in range(total):
         delay = start + i / rate - time.perf_counter()
@@ -228,9 +244,71 @@ async def load(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
-    await nc.close()
-    return Run(latencies, errors, server_cpu * 1000 / total, client_cpu * 1000 / total)
+    return total
+
+
+def serve_echo(credentials: dict[str, str], ready: EventType) -> None:
+    """The floor's responder, in its own process as tool-vault is: it answers each request on
+    the release subject with the request's own bytes and does nothing else."""
+
+    async def serve() -> None:
+        nc = await nats.connect(**credentials)
+
+        async def answer(message: Msg) -> None:
+            await message.respond(message.data)
+
+        await nc.subscribe(RELEASE_SUBJECT, queue="toolvault", cb=answer)
+        await nc.flush()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+async def nats_floor(nats_server: NatsServer, seconds: float, rate: int) -> list[float]:
+    """Round trips of a release-sized request, at the same rate, to a responder that only
+    echoes it: what NATS and the Python client cost before tool-vault does anything."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    responder = context.Process(
+        target=serve_echo, args=(nats_server.credentials("toolvault"), ready), daemon=True
+    )
+    responder.start()
+    try:
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise RuntimeError("the echo responder did not start")
+        agent = AgentRuntimeConfig(
+            agent_id=str(uuid.uuid4()),
+            org_id=str(uuid.uuid4()),
+            version=1,
+            name="a",
+            system_prompt="-",
+        )
+        payload = encode(
+            CredentialReleaseRequest(
+                grant=grant(agent),
+                worker_public_key=base64.b64encode(
+                    bytes(PrivateKey.generate().public_key)
+                ).decode(),
+                agent_tool_ids=[str(uuid.uuid4()), str(uuid.uuid4())],
+            )
+        )
+        nc = await nats.connect(**nats_server.credentials("worker"))
+        for _ in range(200):  # warm-up
+            await nc.request(RELEASE_SUBJECT, payload, timeout=5)
+        latencies: list[float] = []
+
+        async def one(_: int) -> None:
+            started = time.perf_counter()
+            await nc.request(RELEASE_SUBJECT, payload, timeout=5)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        await open_loop(rate, seconds, one)
+        await nc.close()
+        return latencies
+    finally:
+        responder.terminate()
+        responder.join(10)
 
 
 def run_backend(
@@ -282,6 +360,7 @@ def main() -> None:
             "master_keys": json.dumps({"m1": master}),
             "master_key_id": "m1",
         }
+        floor = asyncio.run(nats_floor(nats_server, args.seconds, args.rate))
         runs = {
             "embedded": run_backend(
                 nats_server, args.seconds, args.rate, embedded, logs / "embedded.log"
@@ -311,6 +390,8 @@ def main() -> None:
         figures[f"release_{name}_p50_ms"] = percentile(run.latencies_ms, 50)
         figures[f"release_{name}_p99_ms"] = percentile(run.latencies_ms, 99)
     figures["release_errors"] = float(sum(run.errors for run in runs.values()))
+    figures["nats_echo_p50_ms"] = percentile(floor, 50)
+    figures["nats_echo_p99_ms"] = percentile(floor, 99)
     for name, run in runs.items():
         # Where the machine's two cores go: tool-vault itself, and the simulated workers.
         figures[f"release_{name}_server_cpu_ms"] = run.server_cpu_ms_per_release
