@@ -232,7 +232,9 @@ async def load(
     return Run(latencies, errors, server_cpu * 1000 / total, client_cpu * 1000 / total)
 
 
-async def open_loop(rate: int, seconds: float, one: Callable[[int], Coroutine[None, None, None]]) -> int:
+async def open_loop(
+    rate: int, seconds: float, one: Callable[[int], Coroutine[None, None, None]]
+) -> int:
     """Start `one(i)` on schedule, `rate` a second for `seconds`, whether or not earlier ones
     were answered; wait for all. Returns how many were started."""
     total = int(rate * seconds)

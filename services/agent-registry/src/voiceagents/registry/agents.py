@@ -248,9 +248,9 @@ class AnswerFromMemory:
             admin = registry.keys.remembered(authorization.decode("latin-1"))
             if admin is not None and admin.scope() in (None, cached.agent.organization_id):
                 scope["state"]["key_id"] = admin.key_id
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": cached.headers}
-                )
+                # A list of its own: a middleware on the way out may add headers to it.
+                headers = list(cached.headers)
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": cached.body, "more_body": False})
                 return
         await self.app(scope, receive, send)

@@ -41,16 +41,16 @@ class CachedAgent:
 
     agent: Agent
     body: bytes
-    headers: list[tuple[bytes, bytes]]
+    headers: tuple[tuple[bytes, bytes], ...]
 
     @classmethod
     def of(cls, agent: Agent) -> CachedAgent:
         body = msgspec.json.encode(agent)
-        headers = [
+        headers = (
             (b"etag", b'"%d"' % agent.version),
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
-        ]
+        )
         return cls(agent=agent, body=body, headers=headers)
 
 
