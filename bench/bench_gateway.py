@@ -180,10 +180,11 @@ async def livekit_alone(livekit: LiveKitServer, rate: float, seconds: float) -> 
         except Exception:
             run.errors += 1
 
+    call_sids = [f"CA{uuid.uuid4().hex}" for _ in range(int(rate * seconds))]
     calls = [
         CallContext(
-            call_sid=f"CA{uuid.uuid4().hex}",
-            room=f"call_CA{uuid.uuid4().hex}",
+            call_sid=call_sid,
+            room=f"call_{call_sid}",
             org_id="bench-org",
             agent_id="bench-agent",
             agent_version=1,
@@ -191,7 +192,7 @@ async def livekit_alone(livekit: LiveKitServer, rate: float, seconds: float) -> 
             to_number="+15550000000",
             started_at=datetime.now(UTC),
         )
-        for _ in range(int(rate * seconds))
+        for call_sid in call_sids
     ]
     tasks = []
     start = time.perf_counter()
