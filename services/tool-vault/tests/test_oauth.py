@@ -407,6 +407,25 @@ async def connect(
     return agent, calendar
 
 
+async def connect_expiring(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+) -> tuple[AgentRuntimeConfig, ToolBinding, str, Versioned]:
+    """Connected with an access token inside the 5-minute refresh margin, so the next release
+    refreshes it; the provider's next tokens live an hour. Also the tool's secret path and what
+    is stored there now."""
+    oauth_provider.access_token_seconds = 60
+    agent, calendar = await connect(agents, registry, oauth_provider, http)
+    path = tool_path(agent.org_id, calendar.agent_tool_id)
+    stored_now = await toolvault.store.read(path)
+    assert stored_now is not None
+    oauth_provider.access_token_seconds = 3600
+    return agent, calendar, path, stored_now
+
+
 async def test_concurrent_releases_of_an_expiring_token_refresh_it_once(
     agents: Agents,
     registry: NatsClient,
@@ -417,13 +436,10 @@ async def test_concurrent_releases_of_an_expiring_token_refresh_it_once(
     worker: Worker,
     nats_ops: NatsClient,
 ) -> None:
-    oauth_provider.access_token_seconds = 120  # inside the 5-minute refresh margin
-    agent, calendar = await connect(agents, registry, oauth_provider, http)
-    path = tool_path(agent.org_id, calendar.agent_tool_id)
-    before = await toolvault.store.read(path)
-    assert before is not None
+    agent, calendar, path, before = await connect_expiring(
+        agents, registry, oauth_provider, http, toolvault
+    )
     old_refresh = oauth_provider.issued_refresh_tokens[-1]
-    oauth_provider.access_token_seconds = 3600
 
     other = Worker(worker.nats)
     grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id)
@@ -484,12 +500,9 @@ async def test_a_store_outage_while_storing_a_refresh_keeps_the_rotated_refresh_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The provider rotates refresh tokens: once it has answered, the stored one is spent.
-    oauth_provider.access_token_seconds = 60
-    agent, calendar = await connect(agents, registry, oauth_provider, http)
-    path = tool_path(agent.org_id, calendar.agent_tool_id)
-    before = await toolvault.store.read(path)
-    assert before is not None
-    oauth_provider.access_token_seconds = 3600
+    agent, calendar, path, _ = await connect_expiring(
+        agents, registry, oauth_provider, http, toolvault
+    )
     write = toolvault.store.write
     failed: list[str] = []
 
@@ -525,12 +538,9 @@ async def test_a_refresh_write_that_landed_despite_an_error_is_not_written_again
     worker: Worker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    oauth_provider.access_token_seconds = 60
-    agent, calendar = await connect(agents, registry, oauth_provider, http)
-    path = tool_path(agent.org_id, calendar.agent_tool_id)
-    before = await toolvault.store.read(path)
-    assert before is not None
-    oauth_provider.access_token_seconds = 3600
+    agent, calendar, path, before = await connect_expiring(
+        agents, registry, oauth_provider, http, toolvault
+    )
     write = toolvault.store.write
     writes: list[int] = []
 
@@ -563,12 +573,7 @@ async def test_invalid_grant_after_another_replica_refreshed_takes_its_tokens(
     toolvault: ToolVault,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    oauth_provider.access_token_seconds = 60
-    agent, calendar = await connect(agents, registry, oauth_provider, http)
-    path = tool_path(agent.org_id, calendar.agent_tool_id)
-    stale = await toolvault.store.read(path)
-    assert stale is not None
-    oauth_provider.access_token_seconds = 3600
+    _, _, path, stale = await connect_expiring(agents, registry, oauth_provider, http, toolvault)
     # Another replica, on the same store, refreshes between this replica's read and its call to
     # the provider: the refresh token this replica then sends is already spent.
     other = OAuthFlows(
