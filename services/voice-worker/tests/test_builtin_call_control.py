@@ -231,23 +231,26 @@ async def test_end_call_plays_the_whole_goodbye_before_the_room_closes(start_cal
     assert lines[-1] == GOODBYE
 
 
+# The caller asks for a person; the model transfers, saying the hand-off sentence after.
+TRANSFER_SCRIPT = OfflineScript(
+    turns=[
+        ScriptTurn(
+            when="person",
+            tool_calls=[
+                ScriptToolCall(
+                    name="transfer_to_human", arguments={"reason": "wants to speak to Jo"}
+                )
+            ],
+            after_tools=HANDOFF,
+        )
+    ]
+)
+
+
 async def test_transfer_updates_the_live_call_after_the_handoff_sentence(
     start_call: Any, twilio: TwilioStandIn
 ) -> None:
-    script = OfflineScript(
-        turns=[
-            ScriptTurn(
-                when="person",
-                tool_calls=[
-                    ScriptToolCall(
-                        name="transfer_to_human", arguments={"reason": "wants to speak to Jo"}
-                    )
-                ],
-                after_tools=HANDOFF,
-            )
-        ]
-    )
-    call = await start_call(script, transfer_number="+14155550199")
+    call = await start_call(TRANSFER_SCRIPT, transfer_number="+14155550199")
     live = twilio.calls[call.state.call.call_sid]
 
     await call.session.run(user_input="Can I talk to a person please?")
@@ -296,20 +299,7 @@ async def test_a_transfer_twilio_does_not_make_is_told_to_the_caller(
     monkeypatch: pytest.MonkeyPatch,
     twilio_fails: str,
 ) -> None:
-    script = OfflineScript(
-        turns=[
-            ScriptTurn(
-                when="person",
-                tool_calls=[
-                    ScriptToolCall(
-                        name="transfer_to_human", arguments={"reason": "wants to speak to Jo"}
-                    )
-                ],
-                after_tools=HANDOFF,
-            )
-        ]
-    )
-    call = await start_call(script, transfer_number="+14155550199")
+    call = await start_call(TRANSFER_SCRIPT, transfer_number="+14155550199")
     if twilio_fails == "refused":
         # Credentials Twilio does not accept (401).
         call.control.credentials = ToolCredentials(

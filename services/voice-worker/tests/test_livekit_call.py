@@ -212,6 +212,15 @@ async def agent_participants(livekit: LiveKitServer, room: str) -> list[api.Part
     return [p for p in response.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
 
 
+async def delete_room(livekit: LiveKitServer, room: str) -> None:
+    """As the gateway does when the phone leg ends."""
+    lkapi = api.LiveKitAPI(livekit.url, livekit.api_key, livekit.api_secret)
+    try:
+        await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
+    finally:
+        await lkapi.aclose()
+
+
 async def agent_audio_tracks(livekit: LiveKitServer, room: str) -> list[api.TrackInfo]:
     return [
         track
@@ -292,11 +301,7 @@ async def test_a_room_deleted_under_a_live_call_ends_the_call_at_once(
     await placed.caller.wait_until_agent_quiet()
     await wait_for_agent_lines(call_events, sid, 1)
 
-    lkapi = api.LiveKitAPI(livekit_server.url, livekit_server.api_key, livekit_server.api_secret)
-    try:
-        await lkapi.room.delete_room(api.DeleteRoomRequest(room=placed.call.room))
-    finally:
-        await lkapi.aclose()
+    await delete_room(livekit_server, placed.call.room)
     # livekit-agents would cancel a call still waiting for its session after 15 s, with no end.
     ended = await call_events.wait_for(CallEnded, sid, timeout=10.0)
 
@@ -327,11 +332,7 @@ async def test_a_caller_hanging_up_before_their_leg_joins_is_an_early_end_not_a_
         while not await agent_audio_tracks(livekit_server, placed.call.room):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
-    lkapi = api.LiveKitAPI(livekit_server.url, livekit_server.api_key, livekit_server.api_secret)
-    try:
-        await lkapi.room.delete_room(api.DeleteRoomRequest(room=placed.call.room))
-    finally:
-        await lkapi.aclose()
+    await delete_room(livekit_server, placed.call.room)
     ended = await call_events.wait_for(CallEnded, sid)
 
     assert (ended.status, ended.ended_by, ended.reason) == (
