@@ -20,10 +20,10 @@ KEY = Ed25519PrivateKey.generate()
 PUBLIC = {"gw-1": KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)}
 
 
-def grant(key: Ed25519PrivateKey = KEY, kid: str = "gw-1", **overrides: Any) -> str:
-    """Signed as the gateway signs: every field of CallGrantClaims, defaults included."""
+def claims(**overrides: Any) -> dict[str, Any]:
+    """Every field of CallGrantClaims as the gateway signs them, defaults included."""
     now = int(time.time())
-    claims = CallGrantClaims(
+    grant_claims = CallGrantClaims(
         room="call_CA1",
         call_sid="CA1",
         org_id="org",
@@ -32,15 +32,28 @@ def grant(key: Ed25519PrivateKey = KEY, kid: str = "gw-1", **overrides: Any) -> 
         exp=now + 60,
         jti="j",
     )
-    payload = {name: getattr(claims, name) for name in claims.__struct_fields__} | overrides
-    return jwt.encode(payload, key, algorithm="EdDSA", headers={"kid": kid})
+    fields = grant_claims.__struct_fields__
+    return {name: getattr(grant_claims, name) for name in fields} | overrides
+
+
+def grant(key: Ed25519PrivateKey = KEY, kid: str = "gw-1", **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), key, algorithm="EdDSA", headers={"kid": kid})
+
+
+def signed_without(claim: str) -> str:
+    payload = claims()
+    del payload[claim]
+    return jwt.encode(payload, KEY, algorithm="EdDSA", headers={"kid": "gw-1"})
+
+
+REQUIRED_CLAIMS = ["aud", "iss", "iat", "exp", "jti", "call_sid", "org_id", "agent_id", "room"]
 
 
 @pytest.mark.parametrize("audience", [TOOLVAULT_AUDIENCE, REGISTRY_AUDIENCE])
 def test_a_gateway_grant_verifies_for_each_audience(audience: str) -> None:
-    claims = GrantVerifier(PUBLIC, audience=audience).verify(grant())
+    verified = GrantVerifier(PUBLIC, audience=audience).verify(grant())
 
-    assert (claims.org_id, claims.agent_id, claims.call_sid) == ("org", "agent", "CA1")
+    assert (verified.org_id, verified.agent_id, verified.call_sid) == ("org", "agent", "CA1")
 
 
 def test_a_grant_for_tool_vault_alone_still_verifies_there_and_not_at_the_registry() -> None:
@@ -58,9 +71,19 @@ def test_a_grant_for_tool_vault_alone_still_verifies_there_and_not_at_the_regist
         (grant(key=Ed25519PrivateKey.generate()), "grant_invalid"),  # another key, same kid
         (grant(kid="gw-2"), "grant_invalid"),  # unknown key id
         (grant(iss="someone"), "grant_invalid"),
+        (grant(aud=["someone", "else"]), "grant_invalid"),
+        (grant(iat=int(time.time()) + 600), "grant_invalid"),  # issued in the future
         (grant(exp=int(time.time()) - 60), "grant_expired"),
+        (grant(exp="tomorrow"), "grant_invalid"),
         (grant().rsplit(".", 1)[0] + ".AAAA", "grant_invalid"),  # signature cut
         ("not a grant", "grant_invalid"),
+        # The algorithm is EdDSA or nothing: no HMAC keyed with the public key, no "none".
+        (
+            jwt.encode(claims(), PUBLIC["gw-1"], algorithm="HS256", headers={"kid": "gw-1"}),
+            "grant_invalid",
+        ),
+        (jwt.encode(claims(), None, algorithm="none", headers={"kid": "gw-1"}), "grant_invalid"),
+        *[(signed_without(claim), "grant_invalid") for claim in REQUIRED_CLAIMS],
     ],
 )
 def test_a_grant_that_does_not_hold_is_refused_with_its_code(token: str, code: str) -> None:
