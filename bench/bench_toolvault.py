@@ -4,8 +4,8 @@ Vault API test stand-in (services/tool-vault/tests/vault_standin.py) as its own 
 
 A voice worker's whole round trip is timed: new X25519 key pair, request on
 `toolvault.v1.release` (as NATS user `worker`), tool-vault verifies the Ed25519 grant, checks the
-bindings in its KV mirror, reads two tools' secrets (one API key, one OAuth token) from the
-backend, seals the reply; the worker opens the sealed box. Open-loop load (requests leave on
+bindings in its KV mirror, reads two API-key tools' secrets from the backend, seals the reply;
+the worker opens the sealed box. Open-loop load (requests leave on
 schedule whether or not earlier ones were answered) at 500 req/s for 20 s, once per backend.
 An error is any reply with an error or a tool error, a timeout, or a box that does not open.
 First the floor: the same rate of release-sized requests from the same client to a responder
