@@ -46,6 +46,17 @@ def test_settings_come_from_the_environment_with_types() -> None:
     assert settings.nats_url == "nats://127.0.0.1:4333"
     assert settings.nats_password == "nats-pw"
     assert settings.worker_agent_name == "voice-agent"
+    assert settings.sip_allowed_networks == []
+
+
+def test_sip_allowed_addresses_are_a_comma_separated_list_of_ips_and_cidr_blocks() -> None:
+    env = environment(VA_GATEWAY_SIP_ALLOWED_ADDRESSES=" 54.172.60.0/30, 54.244.51.0/30,10.0.0.7 ")
+
+    assert Settings.from_env(env).sip_allowed_networks == [
+        "54.172.60.0/30",
+        "54.244.51.0/30",
+        "10.0.0.7",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -56,6 +67,7 @@ def test_settings_come_from_the_environment_with_types() -> None:
         ("VA_GATEWAY_PUBLIC_BASE_URL", "voice.example.com"),
         ("VA_GATEWAY_LIVEKIT_BUDGET_SECONDS", "soon"),
         ("VA_GATEWAY_AGENT_LOST_GRACE_SECONDS", "-1"),
+        ("VA_GATEWAY_SIP_ALLOWED_ADDRESSES", "54.172.60.0/30,twilio.com"),
     ],
 )
 def test_bad_or_placeholder_settings_are_refused_naming_the_variable(

@@ -76,13 +76,22 @@ def provision_sip_command() -> None:
         ) as lk:
             try:
                 result = await provision_sip(
-                    lk, username=settings.sip_username, password=settings.sip_password
+                    lk,
+                    username=settings.sip_username,
+                    password=settings.sip_password,
+                    allowed_addresses=settings.sip_allowed_networks,
                 )
             except api.TwirpError as exc:
                 raise click.ClickException(
                     f"LiveKit at {settings.livekit_url} refused the SIP API request: {exc.message}"
                 ) from exc
         click.echo(json.dumps(result.__dict__))
+        if not settings.sip_allowed_networks:
+            click.echo(
+                "warning: the inbound trunk admits SIP from any address with the credentials; "
+                "set VA_GATEWAY_SIP_ALLOWED_ADDRESSES to Twilio's SIP signalling ranges",
+                err=True,
+            )
 
     asyncio.run(run())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -31,6 +32,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     livekit_sip_host: str
     sip_username: str
     sip_password: str
+    # Comma-separated IPs or CIDR blocks LiveKit SIP's inbound trunk admits (Twilio's SIP
+    # signalling ranges); empty admits any address that has the credentials. See sip.py.
+    sip_allowed_addresses: str = ""
     grant_signing_key: str
     grant_key_id: str
     nats_url: str = "nats://127.0.0.1:4222"
@@ -71,6 +75,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}AGENT_LOST_GRACE_SECONDS must not be negative")
         if self.max_call_seconds <= 0:
             raise SettingsError(f"{PREFIX}MAX_CALL_SECONDS must be positive")
+        for address in self.sip_allowed_networks:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"{PREFIX}SIP_ALLOWED_ADDRESSES: {address!r} is not an IP address or CIDR block"
+                ) from None
         if not self.dev_mode:
             for name in ("twilio_auth_token", "livekit_api_secret", "sip_password"):
                 if getattr(self, name).lower() in PLACEHOLDERS:
@@ -82,6 +93,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def base_url(self) -> str:
         return self.public_base_url.rstrip("/")
+
+    @property
+    def sip_allowed_networks(self) -> list[str]:
+        return [part.strip() for part in self.sip_allowed_addresses.split(",") if part.strip()]
 
     @property
     def signing_key_bytes(self) -> bytes:

@@ -2,13 +2,19 @@
 up to date idempotently (found by name, replaced in place).
 
 The trunk accepts Twilio's `<Dial><Sip>` leg with the same username and password the TwiML
-carries. The callee rule with room prefix `call` puts the caller into room `call_<user part>`
+carries, and only from the addresses in `VA_GATEWAY_SIP_ALLOWED_ADDRESSES` when that is set.
+Every TwiML bridge answer carries those credentials, so anyone who ever saw one could otherwise
+dial `sip:<CallSid>@<sip host>` and join a live call's room, or the room of a replayed signed
+webhook; limited to Twilio's signalling addresses, the credentials are useless elsewhere.
+
+The callee rule with room prefix `call` puts the caller into room `call_<user part>`
 (LiveKit's `EvaluateDispatchRule`: prefix + "_" + the dialled SIP user), and the user part is
 the CallSid, so the caller lands in exactly the room the gateway created for the call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from livekit import api
@@ -26,11 +32,14 @@ class Provisioned:
     rule_created: bool
 
 
-def trunk_spec(username: str, password: str) -> api.SIPInboundTrunkInfo:
+def trunk_spec(
+    username: str, password: str, allowed_addresses: Sequence[str]
+) -> api.SIPInboundTrunkInfo:
     return api.SIPInboundTrunkInfo(
         name=TRUNK_NAME,
         # Any dialled number: the user part is a CallSid, and the credentials admit the call.
         numbers=[],
+        allowed_addresses=list(allowed_addresses),
         auth_username=username,
         auth_password=password,
         # Twilio's CallSid travels as a SIP header; keep it on the participant for the worker.
@@ -48,9 +57,11 @@ def rule_spec(trunk_id: str) -> api.SIPDispatchRuleInfo:
     )
 
 
-async def provision_sip(lk: api.LiveKitAPI, *, username: str, password: str) -> Provisioned:
+async def provision_sip(
+    lk: api.LiveKitAPI, *, username: str, password: str, allowed_addresses: Sequence[str]
+) -> Provisioned:
     trunks = await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())
-    trunk = trunk_spec(username, password)
+    trunk = trunk_spec(username, password, allowed_addresses)
     existing_trunk = next((t for t in trunks.items if t.name == TRUNK_NAME), None)
     if existing_trunk is None:
         created = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=trunk))
