@@ -180,6 +180,26 @@ async def test_call_events_become_the_call_log_once_each(
             duration_ms=12.5,
         ),
         _event(
+            calls.CallTransferred,
+            sid,
+            org,
+            agent["id"],
+            t0 + timedelta(seconds=10),
+            to_number="+14155550199",
+            reason="wants a person",
+            outcome="failed",
+            error="TimeoutError",
+        ),
+        _event(
+            calls.CallTransferred,
+            sid,
+            org,
+            agent["id"],
+            t0 + timedelta(seconds=20),
+            to_number="+14155550199",
+            reason="still wants a person",
+        ),
+        _event(
             calls.CallEnded,
             sid,
             org,
@@ -224,6 +244,10 @@ async def test_call_events_become_the_call_log_once_each(
     assert call["worker_id"] == "w1"
     assert [line["text"] for line in call["transcript"]] == [hello.text, hi.text]
     assert [(i["function"], i["outcome"]) for i in call["tool_invocations"]] == [("book", "ok")]
+    assert [(t["reason"], t["outcome"], t["error"]) for t in call["transfers"]] == [
+        ("wants a person", "failed", "TimeoutError"),
+        ("still wants a person", "ok", ""),
+    ]
 
     listed = await registry.request(
         "GET", "/api/v1/calls", params={"agent_id": agent["id"], "since": t0.isoformat()}

@@ -269,6 +269,7 @@ async def test_transfer_updates_the_live_call_after_the_handoff_sentence(
     [transferred] = [e for e in call.events if isinstance(e, CallTransferred)]
     assert transferred.to_number == "+14155550199"
     assert transferred.reason == "wants to speak to Jo"
+    assert (transferred.outcome, transferred.error) == ("ok", "")
 
 
 @pytest.fixture
@@ -322,7 +323,11 @@ async def test_a_transfer_twilio_does_not_make_is_told_to_the_caller(
     await call.session.run(user_input="Can I talk to a person please?")
 
     assert await asyncio.wait_for(told, 30) == TRANSFER_FAILED
-    assert not [e for e in call.events if isinstance(e, CallTransferred)]
+    # The call log gets the attempt as failed, with the error's type and nothing of its text.
+    [attempt] = [e for e in call.events if isinstance(e, CallTransferred)]
+    assert (attempt.to_number, attempt.reason) == ("+14155550199", "wants to speak to Jo")
+    assert attempt.outcome == "failed"
+    assert attempt.error == ("TwilioRestException" if twilio_fails == "refused" else "TimeoutError")
     assert not twilio.calls[call.state.call.call_sid].updates
 
 

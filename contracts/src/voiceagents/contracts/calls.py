@@ -118,6 +118,10 @@ class TranscriptTurn(CallEvent, frozen=True, kw_only=True, tag="transcript"):
 class CallTransferred(CallEvent, frozen=True, kw_only=True, tag="transferred"):
     to_number: str
     reason: str = ""
+    # "failed": Twilio did not make the transfer and the caller stayed with the agent; `error`
+    # is the exception's type (never its text).
+    outcome: Literal["ok", "failed"] = "ok"
+    error: str = ""
 
 
 CallStatus = Literal["completed", "failed", "busy", "no_answer", "canceled"]

@@ -101,7 +101,13 @@ async def apply_event(connection: Connection, event: calls.CallEvent) -> bool:
                 msgspec.to_builtins(event.entry),
             )
         case calls.CallTransferred():
-            transfer = {"to_number": event.to_number, "reason": event.reason, "at": event.at}
+            transfer = {
+                "to_number": event.to_number,
+                "reason": event.reason,
+                "at": event.at,
+                "outcome": event.outcome,
+                "error": event.error,
+            }
             await _append(connection, sid, "transfers", transfer)
         case calls.CallEnded():
             await connection.execute(

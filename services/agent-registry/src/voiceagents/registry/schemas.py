@@ -254,6 +254,10 @@ class Transfer(msgspec.Struct, kw_only=True):
     to_number: str
     reason: str
     at: datetime
+    # "failed": Twilio did not make it and the caller stayed with the agent (`error`: the type).
+    # Entries logged before outcomes were recorded read as "ok".
+    outcome: Literal["ok", "failed"] = "ok"
+    error: str = ""
 
 
 class CallSummary(msgspec.Struct, kw_only=True):

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -327,27 +328,35 @@ class CallControl(BaseTool):
         if not number or call is None:
             return {"transferred": False, "say_to_caller": CANNOT_TRANSFER}
 
-        async def transfer() -> None:
-            try:
-                await self._dial(call.call_sid, number)
-            except Exception as exc:  # the caller heard "connecting you": they must hear why not
-                log.error("transfer failed", call_sid=call.call_sid, error=type(exc).__name__)
-                _say(context, TRANSFER_FAILED)
-                return
-            log.info("call transferred", call_sid=call.call_sid, to_number=number)
+        def record(event_id: str, outcome: Literal["ok", "failed"] = "ok", error: str = "") -> None:
             events = getattr(state, "events", None)
             if events is not None:
                 events.publish(
                     CallTransferred(
-                        event_id=f"{call.call_sid}.worker.transferred",
+                        event_id=event_id,
                         call_sid=call.call_sid,
                         org_id=call.org_id,
                         agent_id=call.agent_id,
                         at=datetime.now(UTC),
                         to_number=number,
                         reason=reason,
+                        outcome=outcome,
+                        error=error,
                     )
                 )
+
+        async def transfer() -> None:
+            try:
+                await self._dial(call.call_sid, number)
+            except Exception as exc:  # the caller heard "connecting you": they must hear why not
+                log.error("transfer failed", call_sid=call.call_sid, error=type(exc).__name__)
+                _say(context, TRANSFER_FAILED)
+                # One entry per attempt: the model may try again later in the call.
+                failed_id = f"{call.call_sid}.worker.transfer_failed.{uuid.uuid4().hex[:12]}"
+                record(failed_id, outcome="failed", error=type(exc).__name__)
+                return
+            log.info("call transferred", call_sid=call.call_sid, to_number=number)
+            record(f"{call.call_sid}.worker.transferred")
 
         self._after_next_sentence(context, transfer, "transfer_to_human")
         return {"transferred": True, "instruction": handoff}
