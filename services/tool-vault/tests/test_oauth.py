@@ -24,6 +24,7 @@ from voiceagents.contracts.toolvault import (
     OAuthStartReply,
     OAuthStartRequest,
 )
+from voiceagents.toolvault import oauth as oauth_flows
 from voiceagents.toolvault.app import ROUTES, ToolVault
 from voiceagents.toolvault.oauth import OAuthFlows, load_providers
 from voiceagents.toolvault.store import StoreError, ToolSecret, Versioned, tool_path
@@ -490,43 +491,60 @@ async def test_a_failed_refresh_says_refresh_failed_and_emits_an_event(
     assert released and released[0].error_code == "refresh_failed"
 
 
-async def test_a_store_outage_while_storing_a_refresh_keeps_the_rotated_refresh_token(
+async def test_refreshed_tokens_the_store_does_not_take_are_kept_until_it_does(
     agents: Agents,
     registry: NatsClient,
     oauth_provider: OAuthProviderStandIn,
     http: httpx.AsyncClient,
     toolvault: ToolVault,
     worker: Worker,
+    nats_ops: NatsClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The provider rotates refresh tokens: once it has answered, the stored one is spent.
-    agent, calendar, path, _ = await connect_expiring(
+    agent, calendar, path, before = await connect_expiring(
         agents, registry, oauth_provider, http, toolvault
     )
+    monkeypatch.setattr(oauth_flows, "STORE_RETRY_SECONDS", (0.05,))
     write = toolvault.store.write
-    failed: list[str] = []
+    store_down = True
+    refused: list[int] = []
 
-    async def write_failing_once(path: str, value: bytes, *, cas: int) -> int:
-        if not failed:
-            failed.append(path)
+    async def write_while_up(path: str, value: bytes, *, cas: int) -> int:
+        if store_down:
+            refused.append(cas)
             raise StoreError("PostgreSQL write failed: ConnectionDoesNotExistError")
         return await write(path, value, cas=cas)
 
-    monkeypatch.setattr(toolvault.store, "write", write_failing_once)
+    monkeypatch.setattr(toolvault.store, "write", write_while_up)
+    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id)
 
-    reply = await worker.request(
-        sign_grant(org_id=agent.org_id, agent_id=agent.agent_id), [calendar.agent_tool_id]
-    )
+    first = await worker.request(grant, [calendar.agent_tool_id])
+    [first_credentials] = worker.open(first).credentials
+    async with asyncio.timeout(10):
+        while len(refused) < 4:  # the keeper keeps trying  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    second = await worker.request(grant, [calendar.agent_tool_id])
+    [second_credentials] = worker.open(second).credentials
 
-    assert failed == [path]
-    assert reply.tool_errors == []
-    [credentials] = worker.open(reply).credentials
-    assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
+    # Both releases get the refreshed token from memory; the provider was asked once.
+    fresh = oauth_provider.issued_access_tokens[-1]
+    assert first.tool_errors == [] and second.tool_errors == []
+    assert first_credentials.access_token == second_credentials.access_token == fresh
     assert oauth_provider.refresh_calls == 1
-    after = await stored(toolvault, agent, calendar)
-    assert after is not None
-    assert after.refresh_token == oauth_provider.issued_refresh_tokens[-1]
-    assert after.access_token == oauth_provider.issued_access_tokens[-1]
+    assert await toolvault.store.read(path) == before
+
+    store_down = False
+    async with asyncio.timeout(10):
+        while (after := await toolvault.store.read(path)) == before:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert after is not None and after.version == before.version + 1
+    secret = decode(after.value, ToolSecret)
+    assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1]
+    assert secret.access_token == fresh
+    assert set(refused) == {before.version}
+    events = await audit_events(nats_ops, agent.org_id, 4)  # connected, 2 released, refreshed
+    assert sum(isinstance(e, CredentialRefreshed) for e in events) == 1
 
 
 async def test_a_refresh_write_that_landed_despite_an_error_is_not_written_again(
@@ -536,6 +554,7 @@ async def test_a_refresh_write_that_landed_despite_an_error_is_not_written_again
     http: httpx.AsyncClient,
     toolvault: ToolVault,
     worker: Worker,
+    nats_ops: NatsClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     agent, calendar, path, before = await connect_expiring(
@@ -557,9 +576,12 @@ async def test_a_refresh_write_that_landed_despite_an_error_is_not_written_again
         sign_grant(org_id=agent.org_id, agent_id=agent.agent_id), [calendar.agent_tool_id]
     )
 
-    assert writes == [before.version]
     [credentials] = worker.open(reply).credentials
     assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
+    # The keeper reads before it writes again: it finds the write landed, and says refreshed.
+    events = await audit_events(nats_ops, agent.org_id, 3)  # connected, released, refreshed
+    assert sum(isinstance(e, CredentialRefreshed) for e in events) == 1
+    assert writes == [before.version]
     after = await toolvault.store.read(path)
     assert after is not None and after.version == before.version + 1
     assert decode(after.value, ToolSecret).refresh_token == oauth_provider.issued_refresh_tokens[-1]

@@ -226,6 +226,7 @@ async def stop_toolvault(vault: ToolVault) -> None:
     if vault.tasks:
         await asyncio.wait(set(vault.tasks), timeout=5.0)
     await vault.call_ends.stop()
+    await vault.oauth.close()
     await vault.audit.drain(timeout=5.0)
     await vault.mirror.stop()
     with contextlib.suppress(Exception):

@@ -10,10 +10,14 @@ needs only a client id and secret; another provider is one more entry in
 - callback: the state is claimed with a check-and-set write (so it is used at most once, even
   across replicas), then the code is exchanged with the stored verifier and the tokens stored.
 - refresh: when an access token expires within 5 minutes; one refresh per agent tool at a time
-  (concurrent releases wait for it); written with check-and-set, retried while the store fails
-  (the provider may have rotated, and so spent, the stored refresh token); a rotated refresh
-  token replaces the old one in the same write. `invalid_grant` after another replica's refresh
-  takes that replica's tokens.
+  (concurrent releases wait for it); written with check-and-set; a rotated refresh token
+  replaces the old one in the same write. `invalid_grant` after another replica's refresh takes
+  that replica's tokens.
+- a refresh the store does not take: the provider may have rotated, and so spent, the stored
+  refresh token, so the new tokens must not be lost. They are released at once and kept in
+  memory, standing in for the stored ones, while a keeper writes them (check-and-set over the
+  version they replace) until the store takes them, for as long as the process runs. A stored
+  secret that changed meanwhile (a reconnect, another replica's refresh, a delete) wins.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ log = structlog.get_logger("voiceagents.toolvault.oauth")
 STATE_LIFETIME = timedelta(minutes=10)
 MAX_RETURN_URL = 2048
 REFRESH_MARGIN = timedelta(minutes=5)
-# Pauses between attempts to store a refresh's tokens while the store fails (about 15 s in all).
-STORE_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Pauses between attempts to store a refresh's tokens while the store fails; the last repeats.
+# Short, so another replica rarely refreshes with the spent token after the store is back.
+STORE_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 5.0)
 
 GOOGLE: dict[str, Any] = {
     "authorize_url": "https://accounts.google.com/o/oauth2/v2/auth",
@@ -106,6 +111,13 @@ class Connected(msgspec.Struct, frozen=True, kw_only=True):
     version: int
 
 
+class _Unsaved(msgspec.Struct, frozen=True):
+    """A refresh's tokens the store has not taken yet, and the stored version they replace."""
+
+    secret: ToolSecret
+    replaces: int
+
+
 def url_origin(url: str) -> str | None:
     """`scheme://host[:port]` of an absolute http(s) URL (lowercase, default port dropped), or
     None if `url` is not one (or carries a user name, which browsers and parsers read apart)."""
@@ -147,6 +159,8 @@ class OAuthFlows:
         self._return_origins = return_origins | ({origin} if origin else set())
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[tuple[ToolSecret, int]]] = {}
+        self._unsaved: dict[str, _Unsaved] = {}
+        self._keepers: dict[str, asyncio.Task[None]] = {}
         self.on_refreshed: Callable[[ToolSecret], None] = lambda _secret: None
         self.on_refresh_failed: Callable[[ToolSecret, str], None] = lambda _s, _r: None
 
@@ -300,6 +314,9 @@ class OAuthFlows:
 
     async def fresh(self, path: str, stored: Versioned, secret: ToolSecret) -> ToolSecret:
         """`secret`, refreshed first if it expires within 5 minutes. Raises OAuthFailure."""
+        unsaved = self._unsaved.get(path)
+        if unsaved is not None and unsaved.replaces == stored.version:
+            secret = unsaved.secret  # newer than the stored one, which may be spent
         if not self.needs_refresh(secret):
             return secret
         task = self._inflight.get(path)
@@ -352,45 +369,86 @@ class OAuthFlows:
             expires_at=_expires_at(token, self._clock),
             updated_at=self._now(),
         )
-        return await self._keep(path, version, refreshed)
+        return await self._keep(path, version, refreshed, secret)
 
-    async def _keep(self, path: str, version: int, refreshed: ToolSecret) -> tuple[ToolSecret, int]:
-        """Store a refresh's tokens over `version`. The provider may have rotated the refresh
-        token, spending the stored one: losing these would disconnect the tool until an admin
-        reconnects it, so a store outage is retried (re-read, then check-and-set again)."""
-        failure: StoreError | None = None
-        for pause in (0.0, *STORE_RETRY_SECONDS):
-            if failure is not None:
-                await asyncio.sleep(pause)
+    async def _keep(
+        self, path: str, version: int, refreshed: ToolSecret, base: ToolSecret
+    ) -> tuple[ToolSecret, int]:
+        """Store a refresh's tokens over `base`, the secret it started from (stored as
+        `version`); if the store fails, a keeper stores them later."""
+        unsaved = self._unsaved.get(path)
+        if unsaved is not None and unsaved.secret == base:
+            # This refresh started from tokens still waiting for the store: these replace them.
+            self._unsaved[path] = _Unsaved(refreshed, unsaved.replaces)
+            return refreshed, version
+        while True:
+            try:
+                try:
+                    new_version = await self._store.write(path, encode(refreshed), cas=version)
+                    break
+                except VersionConflict:
+                    again = await self._store.read(path)
+            except StoreError as exc:
+                log.warning("could not store refreshed tokens; keeping them", error=str(exc))
+                self._unsaved[path] = _Unsaved(refreshed, version)
+                self._keepers[path] = asyncio.create_task(self._keep_trying(path))
+                return refreshed, version
+            if again is None:
+                return self._failed(refreshed, "deleted")
+            theirs = decode(again.value, ToolSecret)
+            if theirs != base:
+                # Someone else wrote first (a reconnect or another replica's refresh): theirs wins.
+                return theirs, again.version
+            # What this refresh started from was stored meanwhile (by the keeper): go over it.
+            version = again.version
+        self.on_refreshed(refreshed)
+        return refreshed, new_version
+
+    async def _keep_trying(self, path: str) -> None:
+        """Write the unsaved tokens of `path` until the store takes them or holds newer ones."""
+        attempt = 0
+        try:
+            while path in self._unsaved:
+                await asyncio.sleep(STORE_RETRY_SECONDS[min(attempt, len(STORE_RETRY_SECONDS) - 1)])
+                attempt += 1
+                unsaved = self._unsaved[path]
                 try:
                     current = await self._store.read(path)
+                    if current is not None and current.version == unsaved.replaces:
+                        written = await self._store.write(
+                            path, encode(unsaved.secret), cas=unsaved.replaces
+                        )
+                    elif (
+                        current is not None and decode(current.value, ToolSecret) == unsaved.secret
+                    ):
+                        written = current.version  # the write that failed landed after all
+                    else:
+                        log.warning("unsaved refreshed tokens dropped: the stored secret changed")
+                        del self._unsaved[path]
+                        return
+                except VersionConflict:
+                    continue  # the next round reads what was written
                 except StoreError as exc:
-                    failure = exc
+                    log.warning("refreshed tokens still not stored; retrying", error=str(exc))
                     continue
-                if current is None:
-                    return self._failed(refreshed, "deleted")
-                if current.version != version:
-                    # The write that failed landed after all, or someone else wrote first.
-                    theirs = decode(current.value, ToolSecret)
-                    if theirs == refreshed:
-                        self.on_refreshed(refreshed)
-                    return theirs, current.version
-            try:
-                new_version = await self._store.write(path, encode(refreshed), cas=version)
-            except VersionConflict:
-                # Someone else wrote first (a reconnect or another replica's refresh): theirs wins.
-                again = await self._store.read(path)
-                if again is None:
-                    return self._failed(refreshed, "deleted")
-                return decode(again.value, ToolSecret), again.version
-            except StoreError as exc:
-                failure = exc
-                log.warning("could not store refreshed tokens; retrying", error=str(exc))
-                continue
-            self.on_refreshed(refreshed)
-            return refreshed, new_version
-        log.error("refreshed tokens lost: the store kept failing", error=str(failure))
-        raise StoreError("could not store the refreshed tokens") from failure
+                self.on_refreshed(unsaved.secret)
+                if self._unsaved[path] is unsaved:
+                    del self._unsaved[path]
+                else:
+                    # A newer refresh replaced them meanwhile: it goes over what was just written.
+                    self._unsaved[path] = _Unsaved(self._unsaved[path].secret, written)
+        finally:
+            self._keepers.pop(path, None)
+
+    async def close(self) -> None:
+        for keeper in self._keepers.values():
+            keeper.cancel()
+        await asyncio.gather(*self._keepers.values(), return_exceptions=True)
+        if self._unsaved:
+            log.error(
+                "refreshed tokens lost at shutdown: the store never took them",
+                agent_tools=len(self._unsaved),
+            )
 
     def _failed(self, secret: ToolSecret, reason: str) -> tuple[ToolSecret, int]:
         self.on_refresh_failed(secret, reason)
