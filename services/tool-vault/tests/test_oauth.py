@@ -547,6 +547,50 @@ async def test_refreshed_tokens_the_store_does_not_take_are_kept_until_it_does(
     assert sum(isinstance(e, CredentialRefreshed) for e in events) == 1
 
 
+async def test_a_refresh_of_tokens_the_store_has_not_taken_uses_them_and_replaces_them(
+    agents: Agents,
+    registry: NatsClient,
+    oauth_provider: OAuthProviderStandIn,
+    http: httpx.AsyncClient,
+    toolvault: ToolVault,
+    worker: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent, calendar, path, before = await connect_expiring(
+        agents, registry, oauth_provider, http, toolvault
+    )
+    oauth_provider.access_token_seconds = 60  # every release refreshes
+    monkeypatch.setattr(oauth_flows, "STORE_RETRY_SECONDS", (0.05,))
+    write = toolvault.store.write
+    store_down = True
+
+    async def write_while_up(path: str, value: bytes, *, cas: int) -> int:
+        if store_down:
+            raise StoreError("PostgreSQL write failed: ConnectionDoesNotExistError")
+        return await write(path, value, cas=cas)
+
+    monkeypatch.setattr(toolvault.store, "write", write_while_up)
+    grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id)
+
+    first = await worker.request(grant, [calendar.agent_tool_id])
+    second = await worker.request(grant, [calendar.agent_tool_id])
+
+    # The second refresh used the first one's rotated refresh token (the stored one is spent:
+    # the stand-in would have said invalid_grant).
+    assert first.tool_errors == [] and second.tool_errors == []
+    assert oauth_provider.refresh_calls == 2
+    [credentials] = worker.open(second).credentials
+    assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
+    store_down = False
+    async with asyncio.timeout(10):
+        while (after := await toolvault.store.read(path)) == before:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert after is not None and after.version == before.version + 1
+    secret = decode(after.value, ToolSecret)
+    assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1]
+    assert secret.access_token == oauth_provider.issued_access_tokens[-1]
+
+
 async def test_a_refresh_write_that_landed_despite_an_error_is_not_written_again(
     agents: Agents,
     registry: NatsClient,
