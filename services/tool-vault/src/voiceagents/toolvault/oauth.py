@@ -391,7 +391,8 @@ class OAuthFlows:
             except StoreError as exc:
                 log.warning("could not store refreshed tokens; keeping them", error=str(exc))
                 self._unsaved[path] = _Unsaved(refreshed, version)
-                self._keepers[path] = asyncio.create_task(self._keep_trying(path))
+                if path not in self._keepers:
+                    self._keepers[path] = asyncio.create_task(self._keep_trying(path))
                 return refreshed, version
             if again is None:
                 return self._failed(refreshed, "deleted")
