@@ -491,6 +491,34 @@ async def test_a_failed_refresh_says_refresh_failed_and_emits_an_event(
     assert released and released[0].error_code == "refresh_failed"
 
 
+class WriteOutage:
+    """The store refuses every write (reads still work) until `end`; `refused` holds the
+    check-and-set version of each refused write. The keeper retries every 50 ms."""
+
+    def __init__(self, toolvault: ToolVault, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._store = toolvault.store
+        self._write = toolvault.store.write
+        self.down = True
+        self.refused: list[int] = []
+        monkeypatch.setattr(oauth_flows, "STORE_RETRY_SECONDS", (0.05,))
+        monkeypatch.setattr(toolvault.store, "write", self.write)
+
+    async def write(self, path: str, value: bytes, *, cas: int) -> int:
+        if self.down:
+            self.refused.append(cas)
+            raise StoreError("PostgreSQL write failed: ConnectionDoesNotExistError")
+        return await self._write(path, value, cas=cas)
+
+    async def end(self, path: str, before: Versioned) -> Versioned:
+        """Writes work again; what the store holds once the keeper has written over `before`."""
+        self.down = False
+        async with asyncio.timeout(10):
+            while (after := await self._store.read(path)) == before:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert after is not None
+        return after
+
+
 async def test_refreshed_tokens_the_store_does_not_take_are_kept_until_it_does(
     agents: Agents,
     registry: NatsClient,
@@ -505,24 +533,13 @@ async def test_refreshed_tokens_the_store_does_not_take_are_kept_until_it_does(
     agent, calendar, path, before = await connect_expiring(
         agents, registry, oauth_provider, http, toolvault
     )
-    monkeypatch.setattr(oauth_flows, "STORE_RETRY_SECONDS", (0.05,))
-    write = toolvault.store.write
-    store_down = True
-    refused: list[int] = []
-
-    async def write_while_up(path: str, value: bytes, *, cas: int) -> int:
-        if store_down:
-            refused.append(cas)
-            raise StoreError("PostgreSQL write failed: ConnectionDoesNotExistError")
-        return await write(path, value, cas=cas)
-
-    monkeypatch.setattr(toolvault.store, "write", write_while_up)
+    outage = WriteOutage(toolvault, monkeypatch)
     grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id)
 
     first = await worker.request(grant, [calendar.agent_tool_id])
     [first_credentials] = worker.open(first).credentials
     async with asyncio.timeout(10):
-        while len(refused) < 4:  # the keeper keeps trying  # noqa: ASYNC110
+        while len(outage.refused) < 4:  # the keeper keeps trying  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     second = await worker.request(grant, [calendar.agent_tool_id])
     [second_credentials] = worker.open(second).credentials
@@ -534,15 +551,12 @@ async def test_refreshed_tokens_the_store_does_not_take_are_kept_until_it_does(
     assert oauth_provider.refresh_calls == 1
     assert await toolvault.store.read(path) == before
 
-    store_down = False
-    async with asyncio.timeout(10):
-        while (after := await toolvault.store.read(path)) == before:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    assert after is not None and after.version == before.version + 1
+    after = await outage.end(path, before)
+    assert after.version == before.version + 1
     secret = decode(after.value, ToolSecret)
     assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1]
     assert secret.access_token == fresh
-    assert set(refused) == {before.version}
+    assert set(outage.refused) == {before.version}
     events = await audit_events(nats_ops, agent.org_id, 4)  # connected, 2 released, refreshed
     assert sum(isinstance(e, CredentialRefreshed) for e in events) == 1
 
@@ -560,16 +574,7 @@ async def test_a_refresh_of_tokens_the_store_has_not_taken_uses_them_and_replace
         agents, registry, oauth_provider, http, toolvault
     )
     oauth_provider.access_token_seconds = 60  # every release refreshes
-    monkeypatch.setattr(oauth_flows, "STORE_RETRY_SECONDS", (0.05,))
-    write = toolvault.store.write
-    store_down = True
-
-    async def write_while_up(path: str, value: bytes, *, cas: int) -> int:
-        if store_down:
-            raise StoreError("PostgreSQL write failed: ConnectionDoesNotExistError")
-        return await write(path, value, cas=cas)
-
-    monkeypatch.setattr(toolvault.store, "write", write_while_up)
+    outage = WriteOutage(toolvault, monkeypatch)
     grant = sign_grant(org_id=agent.org_id, agent_id=agent.agent_id)
 
     first = await worker.request(grant, [calendar.agent_tool_id])
@@ -581,11 +586,8 @@ async def test_a_refresh_of_tokens_the_store_has_not_taken_uses_them_and_replace
     assert oauth_provider.refresh_calls == 2
     [credentials] = worker.open(second).credentials
     assert credentials.access_token == oauth_provider.issued_access_tokens[-1]
-    store_down = False
-    async with asyncio.timeout(10):
-        while (after := await toolvault.store.read(path)) == before:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    assert after is not None and after.version == before.version + 1
+    after = await outage.end(path, before)
+    assert after.version == before.version + 1
     secret = decode(after.value, ToolSecret)
     assert secret.refresh_token == oauth_provider.issued_refresh_tokens[-1]
     assert secret.access_token == oauth_provider.issued_access_tokens[-1]
